@@ -1,0 +1,3 @@
+from diceloss.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,457 @@
+"""Checks and normalises (input, target, mode, mask) and the loss options.
+
+Every user error of diceloss is raised here, before any computation, as a ``ValueError`` or
+``TypeError`` whose message names what was expected and what came. Backends receive a
+:class:`Prepared` whose tensors already have the canonical layout.
+
+Value checks (class indices in range, targets in [0, 1], one-hot rows summing to 1) read the data.
+On the CPU in eager mode they run by default; on CUDA they would force a host-device
+synchronisation, so they are off by default there, and they are skipped while ``torch.compile``
+traces. :func:`set_value_checks` turns them on or off everywhere; the environment variable
+``DICELOSS_VALUE_CHECKS`` (``0``/``1``) sets the initial state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+MODES = ("binary", "multiclass", "multilabel")
+REDUCTIONS = ("mean", "sum", "none")
+ABSENT_POLICIES = ("include", "exclude")
+WEIGHTINGS = ("square", "simple", "uniform")
+BACKENDS = ("auto", "reference", "fused", "triton")
+
+
+# ----------------------------------------------------------------------------------------------
+# the value-check switch
+
+
+def _initial_value_checks() -> bool | None:
+    env = os.environ.get("DICELOSS_VALUE_CHECKS")
+    if env is None or env.strip() == "":
+        return None
+    return env.strip().lower() not in ("0", "false", "off", "no")
+
+
+_value_checks: bool | None = _initial_value_checks()
+
+
+def set_value_checks(enabled: bool | None) -> bool | None:
+    """Turn the checks that read tensor values on (``True``), off (``False``) or back to automatic (``None``).
+
+    Automatic: on for CPU tensors in eager mode, off for CUDA tensors (they would synchronise the
+    host with the device) and while ``torch.compile`` traces. Shape, dtype and device checks always
+    run. Returns the previous setting.
+
+    Example:
+        >>> import diceloss
+        >>> previous = diceloss.set_value_checks(False)
+        >>> _ = diceloss.set_value_checks(previous)
+    """
+    global _value_checks
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"set_value_checks expects True, False or None, got {enabled!r}")
+    previous = _value_checks
+    _value_checks = enabled
+    return previous
+
+
+def _is_compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # torch < 2.3
+        return False
+
+
+def value_checks_enabled(device: torch.device) -> bool:
+    """Whether the value checks run for tensors on ``device`` now."""
+    if _is_compiling():
+        return False
+    if _value_checks is not None:
+        return _value_checks
+    return device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------------------------
+# options
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+
+
+def check_nonnegative(name: str, value: object, *, positive: bool = False, at_most: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    bad = not math.isfinite(value) or (value <= 0 if positive else value < 0)
+    if at_most is not None and value > at_most:
+        bad = True
+    if bad:
+        lo = "> 0" if positive else ">= 0"
+        hi = f" and <= {at_most}" if at_most is not None else ""
+        raise ValueError(f"{name} must be finite, {lo}{hi}; got {value}")
+
+
+def check_smoothing(smooth_nr: float, smooth_dr: float) -> None:
+    check_nonnegative("smooth_nr", smooth_nr)
+    check_nonnegative("smooth_dr", smooth_dr)
+    if smooth_nr > smooth_dr:
+        raise ValueError(
+            f"smooth_nr ({smooth_nr}) must not exceed smooth_dr ({smooth_dr}): an empty class would then "
+            "score a Dice above 1"
+        )
+
+
+def check_weight(weight: Sequence[float] | Tensor | None) -> Tensor | None:
+    """Validate a per-class weight (constructor time) and return it as a 1-D float tensor."""
+    if weight is None:
+        return None
+    if isinstance(weight, Tensor):
+        w = weight.detach()
+        if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
+            raise TypeError(f"weight must be a real tensor, got dtype {w.dtype}")
+        w = w.to(torch.float64 if w.dtype == torch.float64 else torch.float32)
+    else:
+        try:
+            w = torch.as_tensor([float(v) for v in weight], dtype=torch.float32)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"weight must be a sequence of numbers or a 1-D tensor, got {weight!r}") from err
+    if w.ndim != 1 or w.numel() == 0:
+        raise ValueError(f"weight must be 1-D with one entry per class, got shape {tuple(w.shape)}")
+    if value_checks_enabled(w.device):
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError(f"weight must be finite and non-negative, got {w.tolist()}")
+    return w
+
+
+def check_backend(backend: str) -> None:
+    check_choice("backend", backend, BACKENDS)
+
+
+def check_loss_options(
+    *,
+    mode: str,
+    reduction: str,
+    smooth_nr: float,
+    smooth_dr: float,
+    backend: str,
+    absent: str = "include",
+    ignore_index: int | None = None,
+    reductions: Sequence[str] = REDUCTIONS,
+) -> None:
+    """The options every loss shares; raises at construction time."""
+    check_choice("mode", mode, MODES)
+    check_choice("reduction", reduction, reductions)
+    check_choice("absent", absent, ABSENT_POLICIES)
+    check_smoothing(smooth_nr, smooth_dr)
+    check_backend(backend)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+
+
+def check_compound_reduction(reduction: str, loss_name: str) -> None:
+    if reduction == "none":
+        raise ValueError(
+            f"{loss_name} adds terms of different shapes, so it takes reduction='mean' or 'sum', not 'none'; "
+            "use the Dice loss and the cross-entropy separately for per-element values"
+        )
+    check_choice("reduction", reduction, ("mean", "sum"))
+
+
+# ----------------------------------------------------------------------------------------------
+# tensors
+
+
+class Prepared(NamedTuple):
+    """Inputs in the canonical layout that every backend receives.
+
+    logits: (B, C, N) view or copy of the input (``C = 1`` in binary mode).
+    target: (B, N) int64 class indices when ``target_is_index``, else (B, C, N) floating.
+    mask: (B, N) bool, or None; applies to every class.
+    ignore_index: a target value that marks ignored positions (index targets) or elements (binary and
+        multilabel dense targets); None where it is already folded into ``mask``.
+    activation: "softmax" | "sigmoid" | "none".
+    kept_classes: the classes the per-class heads keep (background and an ignored class dropped), or
+        None for all.
+    """
+
+    logits: Tensor
+    target: Tensor
+    target_is_index: bool
+    mask: Tensor | None
+    ignore_index: int | None
+    activation: str
+    num_classes: int
+    mode: str
+    kept_classes: tuple[int, ...] | None
+    spatial_shape: tuple[int, ...]
+
+
+def _check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_devices(**tensors: Tensor | None) -> None:
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    devices = {t.device for _, t in named}
+    if len(devices) > 1:
+        where = ", ".join(f"{n} on {t.device}" for n, t in named)
+        raise ValueError(f"all tensors must be on one device, got {where}")
+
+
+def _kept_classes(mode: str, num_classes: int, include_background: bool, ignore_index: int | None):
+    if mode == "binary":
+        return None
+    drop = set()
+    if not include_background:
+        drop.add(0)
+    if mode == "multiclass" and ignore_index is not None and 0 <= ignore_index < num_classes:
+        drop.add(ignore_index)
+    if not drop:
+        return None
+    kept = tuple(c for c in range(num_classes) if c not in drop)
+    if not kept:
+        raise ValueError(
+            f"no class is left to score: num_classes={num_classes}, include_background={include_background}, "
+            f"ignore_index={ignore_index}"
+        )
+    return kept
+
+
+def prepare(
+    input: Tensor,
+    target: Tensor,
+    *,
+    mode: str,
+    from_logits: bool,
+    ignore_index: int | None = None,
+    mask: Tensor | None = None,
+    include_background: bool = True,
+    weight: Tensor | None = None,
+) -> Prepared:
+    """Check ``input``, ``target``, ``mask`` and ``weight`` against ``mode`` and bring them to the canonical layout."""
+    check_choice("mode", mode, MODES)
+    input = _check_tensor("input", input)
+    target = _check_tensor("target", target)
+    if mask is not None:
+        mask = _check_tensor("mask", mask)
+    _check_devices(input=input, target=target, mask=mask, weight=weight)
+    if not input.is_floating_point():
+        raise TypeError(
+            f"input must be a floating tensor of {'logits' if from_logits else 'probabilities'}, got dtype "
+            f"{input.dtype}; for hard label maps use diceloss.metrics.dice_score"
+        )
+    if input.ndim < 2:
+        raise ValueError(f"input must have a batch dimension and at least one more, got shape {tuple(input.shape)}")
+    if target.is_complex() or input.is_complex():
+        raise TypeError("complex tensors are not supported")
+
+    B = input.shape[0]
+    if mode == "binary":
+        logits, target_bcn, spatial = _binary_layout(input, target)
+        num_classes = 1
+        target_is_index = False
+    else:
+        if input.ndim < 3:
+            raise ValueError(
+                f"{mode} mode expects input of shape (B, C, *spatial) with at least one spatial dimension, "
+                f"got shape {tuple(input.shape)}"
+            )
+        num_classes = input.shape[1]
+        spatial = tuple(input.shape[2:])
+        logits = input.reshape(B, num_classes, -1)
+        if mode == "multiclass":
+            if num_classes < 2:
+                raise ValueError(
+                    "multiclass mode needs at least 2 classes (C >= 2) in input of shape (B, C, *spatial), got "
+                    f"C = {num_classes}; for a single foreground channel use mode='binary'"
+                )
+            target_bcn, target_is_index = _multiclass_target(input, target)
+        else:
+            if tuple(target.shape) != tuple(input.shape):
+                raise ValueError(
+                    f"multilabel mode expects a target of the input's shape {tuple(input.shape)}, got "
+                    f"{tuple(target.shape)}"
+                )
+            target_bcn, target_is_index = target.reshape(B, num_classes, -1), False
+
+    if not target_is_index:
+        if target_bcn.dtype == torch.bool:
+            target_bcn = target_bcn.to(logits.dtype if logits.dtype.is_floating_point else torch.float32)
+        elif not target_bcn.is_floating_point():
+            target_bcn = target_bcn.to(torch.float32)
+
+    mask_bn = None
+    if mask is not None:
+        mask_bn = _mask_layout(mask, B, spatial)
+
+    if weight is not None:
+        if weight.ndim != 1 or weight.numel() != num_classes:
+            raise ValueError(
+                f"weight must have one entry per class: expected length {num_classes} (C of the input"
+                f"{'; 1 in binary mode' if mode == 'binary' else ''}), got shape {tuple(weight.shape)}"
+            )
+
+    folded_ignore = ignore_index
+    if mode == "multiclass" and not target_is_index and ignore_index is not None:
+        if not 0 <= ignore_index < num_classes:
+            raise ValueError(
+                f"with one-hot or soft targets, ignore_index must name a channel in [0, {num_classes}), got "
+                f"{ignore_index}; with class-index targets any integer works"
+            )
+        # positions labelled with the ignored channel drop out, like ignored class indices
+        keep = target_bcn[:, ignore_index] < 0.5
+        mask_bn = keep if mask_bn is None else mask_bn & keep
+        folded_ignore = None
+
+    if value_checks_enabled(input.device):
+        _check_values(logits, target_bcn, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn)
+
+    return Prepared(
+        logits=logits,
+        target=target_bcn,
+        target_is_index=target_is_index,
+        mask=mask_bn,
+        ignore_index=folded_ignore,
+        activation=("softmax" if mode == "multiclass" else "sigmoid") if from_logits else "none",
+        num_classes=num_classes,
+        mode=mode,
+        kept_classes=_kept_classes(mode, num_classes, include_background, ignore_index),
+        spatial_shape=spatial,
+    )
+
+
+def _binary_layout(input: Tensor, target: Tensor):
+    B = input.shape[0]
+    if tuple(target.shape) == tuple(input.shape):
+        pass
+    elif input.ndim == target.ndim + 1 and input.shape[1] == 1 and (target.shape[0],) + tuple(target.shape[1:]) == (
+        input.shape[0],
+        *input.shape[2:],
+    ):
+        pass
+    elif target.ndim == input.ndim + 1 and target.shape[1] == 1 and tuple(target.shape[2:]) == tuple(input.shape[1:]):
+        pass
+    else:
+        raise ValueError(
+            "binary mode expects input (B, 1, *spatial) or (B, *spatial) and a target of the same shape, got "
+            f"input {tuple(input.shape)} and target {tuple(target.shape)}"
+        )
+    if target.shape[0] != B:
+        raise ValueError(f"batch size of target ({target.shape[0]}) differs from input's ({B})")
+    if input.ndim >= 3 and input.shape[1] == 1:
+        spatial = tuple(input.shape[2:])
+    else:
+        spatial = tuple(input.shape[1:])
+    return input.reshape(B, 1, -1), target.reshape(B, 1, -1), spatial
+
+
+def _multiclass_target(input: Tensor, target: Tensor):
+    B, C = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    if target.ndim == input.ndim and target.shape[1] == C and C != 1:
+        if tuple(target.shape) != tuple(input.shape):
+            raise ValueError(
+                f"a one-hot or soft target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
+            )
+        return target.reshape(B, C, -1), False
+    if target.ndim == input.ndim and target.shape[1] == 1:
+        index = target[:, 0]
+    elif target.ndim == input.ndim - 1:
+        index = target
+    else:
+        raise ValueError(
+            f"multiclass mode expects a target of class indices (B, *spatial) = {(B, *spatial)} or (B, 1, *spatial), "
+            f"or one-hot / soft probabilities (B, C, *spatial) = {tuple(input.shape)}; got {tuple(target.shape)}"
+        )
+    if index.shape[0] != B:
+        raise ValueError(f"batch size of target ({index.shape[0]}) differs from input's ({B})")
+    if tuple(index.shape[1:]) != spatial:
+        raise ValueError(
+            f"spatial shape of target {tuple(index.shape[1:])} differs from the input's {spatial} "
+            f"(input {tuple(input.shape)}, target {tuple(target.shape)})"
+        )
+    if index.dtype == torch.bool:
+        raise TypeError("class-index targets must be integer (or float holding whole numbers), got dtype torch.bool")
+    if index.is_floating_point():
+        if value_checks_enabled(index.device) and index.numel() and not bool((index == index.round()).all()):
+            raise ValueError(
+                "a floating target of shape (B, *spatial) is read as class indices and must hold whole numbers; "
+                "got fractional values (for soft labels pass probabilities of shape (B, C, *spatial))"
+            )
+    index = index.reshape(B, -1)
+    if index.dtype != torch.int64:
+        index = index.to(torch.int64)
+    return index, True
+
+
+def _mask_layout(mask: Tensor, B: int, spatial: tuple[int, ...]) -> Tensor:
+    if tuple(mask.shape) == (B, *spatial):
+        m = mask
+    elif tuple(mask.shape) == (B, 1, *spatial):
+        m = mask[:, 0]
+    else:
+        raise ValueError(
+            f"mask must have shape (B, *spatial) = {(B, *spatial)} or (B, 1, *spatial), got {tuple(mask.shape)}"
+        )
+    if m.is_complex():
+        raise TypeError("mask must be real or bool")
+    return (m != 0).reshape(B, -1)
+
+
+def _check_values(logits, target, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn) -> None:
+    if not from_logits and logits.numel():
+        lo, hi = float(logits.min()), float(logits.max())
+        if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
+            raise ValueError(
+                f"from_logits=False expects probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                "pass from_logits=True for raw network outputs"
+            )
+    if target.numel() == 0:
+        return
+    if target_is_index:
+        bad = (target < 0) | (target >= num_classes)
+        if ignore_index is not None:
+            bad &= target != ignore_index
+        if bool(bad.any()):
+            values = torch.unique(target[bad])[:8].tolist()
+            extra = f" (ignore_index is {ignore_index})" if ignore_index is not None else ""
+            raise ValueError(
+                f"class indices must be in [0, {num_classes - 1}] for input with C = {num_classes}, got {values}"
+                f"{extra}; pass ignore_index for a label that marks positions to skip"
+            )
+        return
+    valid = None
+    if ignore_index is not None and mode != "multiclass":
+        valid = target != ignore_index
+    vals = target if valid is None else target[valid]
+    if vals.numel():
+        lo, hi = float(vals.min()), float(vals.max())
+        if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
+            extra = "" if mode == "multiclass" else f" (or ignore_index, which is {ignore_index})"
+            raise ValueError(f"target values must be in [0, 1]{extra}, got values in [{lo:.4g}, {hi:.4g}]")
+    if mode == "multiclass":
+        sums = target.sum(dim=1, dtype=torch.float32)
+        if mask_bn is not None:
+            sums = sums[mask_bn]
+        tol = 1e-2 if target.dtype in (torch.float16, torch.bfloat16) else 1e-4
+        if sums.numel() and not bool(((sums - 1).abs() <= tol).all()):
+            lo, hi = float(sums.min()), float(sums.max())
+            hint = (
+                "; a target with several classes on at a position is multi-label: use mode='multilabel'"
+                if hi > 1 + tol
+                else ""
+            )
+            raise ValueError(
+                "a one-hot or soft target in multiclass mode must sum to 1 over the classes at every position, got "
+                f"sums in [{lo:.4g}, {hi:.4g}]{hint}"
+            )

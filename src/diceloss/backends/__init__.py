@@ -1,0 +1,63 @@
+"""Backends compute :class:`~diceloss.stats.OverlapStats` from a :class:`~diceloss._inputs.Prepared`.
+
+Each backend is a module with ``supports(prep, request) -> str | None`` (None when it can serve the
+call, else the reason it cannot) and ``compute(prep, request) -> OverlapStats``. ``auto`` takes the
+first backend of :data:`AUTO_ORDER` that supports the call.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_MODULES = {
+    "reference": "diceloss.backends.reference",
+    "fused": "diceloss.backends.fused",
+    "triton": "diceloss.backends.triton_kernels",
+}
+AUTO_ORDER = ("triton", "fused", "reference")
+
+
+def _load(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(_MODULES[name])
+    except ImportError:
+        return None
+
+
+def available() -> dict[str, str]:
+    """Each backend and its state on this machine: "available", or why it is not.
+
+    Example:
+        >>> from diceloss import backends
+        >>> backends.available()["reference"]
+        'available'
+    """
+    out = {}
+    for name in _MODULES:
+        mod = _load(name)
+        if mod is None:
+            out[name] = "not installed"
+            continue
+        status = getattr(mod, "status", None)
+        out[name] = status() if status is not None else "available"
+    return out
+
+
+def select_backend(name: str, prep, request) -> ModuleType:
+    """The backend module that serves this call; raises ValueError when a forced backend cannot."""
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            mod = _load(candidate)
+            if mod is not None and mod.supports(prep, request) is None:
+                return mod
+        raise RuntimeError("no diceloss backend supports this call")  # reference supports everything
+    if name not in _MODULES:
+        raise ValueError(f"backend must be one of 'auto', {', '.join(repr(n) for n in _MODULES)}; got {name!r}")
+    mod = _load(name)
+    if mod is None:
+        raise ValueError(f"backend {name!r} is not available on this installation")
+    reason = mod.supports(prep, request)
+    if reason is not None:
+        raise ValueError(f"backend {name!r} cannot serve this call: {reason}")
+    return mod

@@ -1,0 +1,59 @@
+"""Sums of statistics across the ranks of a ``torch.distributed`` process group, differentiably.
+
+The statistics are plain sums, so batch Dice over many processes is one all-reduce of (1, C, k)
+numbers between the statistics and the head. Forward: every rank gets the global sums, so every
+rank computes the loss of the union of all batches. Backward: the gradient with respect to a
+rank's own contribution is the sum over ranks of the upstream gradients (an all-reduce again).
+Under ``DistributedDataParallel`` every rank computes the same loss L, so each rank's local input
+gradient is ``world_size * dL/d(local)``; DDP's averaging of the parameter gradients divides that
+back, giving exactly the single-process gradient on the union of the batches, whatever the
+local batch sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .stats import OverlapStats
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group) -> Tensor:
+        ctx.group = group
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
+    """Differentiable all-reduce (sum); the identity when torch.distributed is not initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    return _AllReduceSum.apply(tensor, group)
+
+
+def all_reduce_stats(stats: OverlapStats, group=None) -> OverlapStats:
+    """Sum every statistic over the ranks of ``group`` in one collective.
+
+    The fields must have the same shape on every rank: sum over the batch first (batch Dice), which
+    also makes unequal local batch sizes work.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return stats
+    present = [f for f in stats if f is not None]
+    shapes = {tuple(f.shape) for f in present}
+    if len(shapes) != 1 or next(iter(shapes))[0] != 1:
+        raise ValueError(f"all_reduce_stats expects statistics summed over the batch, (1, C); got shapes {shapes}")
+    stacked = torch.stack(present, dim=-1)
+    summed = all_reduce_sum(stacked, group).unbind(dim=-1)
+    it = iter(summed)
+    return OverlapStats(*(None if f is None else next(it) for f in stats))
