@@ -18,6 +18,8 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml
 
 $(VENV)/.test: $(VENV)/.torch pyproject.toml
 	$(PIP) install -e ".[test,triton]"
+	# segmentation_models_pytorch's package needs torchvision; its losses (tested against) need only torch
+	$(PIP) install --no-deps segmentation-models-pytorch==0.6.0
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test

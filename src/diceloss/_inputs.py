@@ -410,7 +410,7 @@ def _mask_layout(mask: Tensor, B: int, spatial: tuple[int, ...]) -> Tensor:
 
 def _check_values(logits, target, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn) -> None:
     if not from_logits and logits.numel():
-        lo, hi = float(logits.min()), float(logits.max())
+        lo, hi = float(logits.detach().min()), float(logits.detach().max())
         if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
             raise ValueError(
                 f"from_logits=False expects probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from . import _inputs
-from .backends import select_backend
 
 
 class StatsRequest(NamedTuple):
@@ -118,3 +117,9 @@ def compute_stats(
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The accumulation dtype for an input dtype: float64 stays, everything else sums in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# Imported last: the backends import OverlapStats and StatsRequest from this module.
+from .backends import load_all, select_backend  # noqa: E402
+
+load_all()

@@ -18,11 +18,24 @@ _MODULES = {
 AUTO_ORDER = ("triton", "fused", "reference")
 
 
+# Backend modules are imported once, when diceloss is imported (see the end of stats.py), so that
+# selecting one is a dictionary lookup that torch.compile can trace. A backend module must therefore
+# import its heavy dependencies (Triton, a compiled kernel) lazily.
+_LOADED: dict[str, ModuleType | None] = {}
+
+
 def _load(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(_MODULES[name])
-    except ImportError:
-        return None
+    if name not in _LOADED:
+        try:
+            _LOADED[name] = importlib.import_module(_MODULES[name])
+        except ImportError:
+            _LOADED[name] = None
+    return _LOADED[name]
+
+
+def load_all() -> None:
+    for name in _MODULES:
+        _load(name)
 
 
 def available() -> dict[str, str]:
@@ -48,6 +61,9 @@ def select_backend(name: str, prep, request) -> ModuleType:
     """The backend module that serves this call; raises ValueError when a forced backend cannot."""
     if name == "auto":
         for candidate in AUTO_ORDER:
+            # Triton serves CUDA tensors; on the CPU it runs only when asked for by name (interpreter tests)
+            if candidate == "triton" and prep.logits.device.type != "cuda":
+                continue
             mod = _load(candidate)
             if mod is not None and mod.supports(prep, request) is None:
                 return mod
