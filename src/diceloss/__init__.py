@@ -20,3 +20,4 @@ __all__ = [
     "functional",
     "metrics",
 ]
+from .deep_supervision import DeepSupervisionLoss; __all__ += ["DeepSupervisionLoss"]  # noqa: E402, E702, I001

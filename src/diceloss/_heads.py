@@ -7,6 +7,8 @@ every head for free.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -28,12 +30,21 @@ def tversky_score(
     return (I + smooth_nr) / (I + alpha * (P - I) + beta * (G - I) + smooth_dr)
 
 
-# The smallest score a log-Dice takes: -log(D) is at most -log(LOG_FLOOR) = 16.1.
+# Below this score a log-Dice continues along its tangent line: the loss stays bounded, by
+# 1 - log(LOG_FLOOR) = 17.12 at D = 0.
 LOG_FLOOR = 1e-7
 
 
 def neg_log(score: Tensor) -> Tensor:
-    return -torch.log(score.clamp_min(LOG_FLOOR))
+    """-log(score) for score >= LOG_FLOOR, its tangent line below.
+
+    A clamp would zero the gradient wherever D < 1e-7, which is where it is needed most: a class with
+    no target and many false positives (D = s_nr / (P + s_dr)) or a present class the prediction
+    misses entirely (D ~ s_nr / G). The tangent keeps the value bounded and the gradient non-zero.
+    """
+    safe = score.clamp_min(LOG_FLOOR)
+    tangent = (LOG_FLOOR - score) / LOG_FLOOR - math.log(LOG_FLOOR)
+    return torch.where(score >= LOG_FLOOR, -torch.log(safe), tangent)
 
 
 def safe_pow(x: Tensor, exponent: float) -> Tensor:
@@ -121,8 +132,10 @@ def cross_entropy_term(
 ) -> Tensor:
     """Cross-entropy (or focal) term from its per-(sample, class) sums E, as torch.nn.functional would reduce it.
 
-    multiclass, index target: sum w_c E_c / sum w_c G_c (the weighted mean of ``cross_entropy``);
-    multiclass, probability target: sum w_c E_c / (number of valid positions);
+    multiclass, ``target_is_index=True``: sum w_c E_c / sum w_c G_c (the weighted mean of ``cross_entropy``
+    for class indices; the diceloss losses use it for every multiclass target, so the formats agree);
+    multiclass, ``target_is_index=False``: sum w_c E_c / (number of valid positions) (``cross_entropy``'s
+    mean for probability targets; the two agree without a weight);
     binary and multilabel: sum w_c E_c / (number of valid elements) (``weight`` a per-channel factor).
     A denominator of 0 (everything ignored) gives 0, not NaN.
     """

@@ -120,7 +120,8 @@ def check_weight(weight: Sequence[float] | Tensor | None) -> Tensor | None:
         w = w.to(torch.float64 if w.dtype == torch.float64 else torch.float32)
     else:
         try:
-            w = torch.as_tensor([float(v) for v in weight], dtype=torch.float32)
+            # float64, so a float64 input keeps every digit; it is cast to the accumulation dtype per call
+            w = torch.as_tensor([float(v) for v in weight], dtype=torch.float64)
         except (TypeError, ValueError) as err:
             raise TypeError(f"weight must be a sequence of numbers or a 1-D tensor, got {weight!r}") from err
     if w.ndim != 1 or w.numel() == 0:
@@ -256,6 +257,12 @@ def prepare(
         raise TypeError("complex tensors are not supported")
 
     B = input.shape[0]
+    if B == 0 or (mode != "binary" and input.shape[1] == 0):
+        # an empty batch would average nothing into NaN; torch's reshape would fail with an unclear message
+        raise ValueError(
+            f"input must hold at least one sample{'' if mode == 'binary' else ' and one class'}, got shape "
+            f"{tuple(input.shape)}"
+        )
     if mode == "binary":
         logits, target_bcn, spatial = _binary_layout(input, target)
         num_classes = 1
@@ -409,6 +416,7 @@ def _mask_layout(mask: Tensor, B: int, spatial: tuple[int, ...]) -> Tensor:
 
 
 def _check_values(logits, target, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn) -> None:
+    target = target.detach()   # a soft target may require grad; reading its values needs no graph
     if not from_logits and logits.numel():
         lo, hi = float(logits.detach().min()), float(logits.detach().max())
         if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
@@ -437,7 +445,8 @@ def _check_values(logits, target, target_is_index, mode, from_logits, ignore_ind
     if vals.numel():
         lo, hi = float(vals.min()), float(vals.max())
         if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
-            extra = "" if mode == "multiclass" else f" (or ignore_index, which is {ignore_index})"
+            named = mode != "multiclass" and ignore_index is not None
+            extra = f" (or ignore_index, {ignore_index})" if named else ""
             raise ValueError(f"target values must be in [0, 1]{extra}, got values in [{lo:.4g}, {hi:.4g}]")
     if mode == "multiclass":
         sums = target.sum(dim=1, dtype=torch.float32)

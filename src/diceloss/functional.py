@@ -147,8 +147,8 @@ def dice_loss(
 ) -> Tensor:
     r"""Dice loss: per class ``1 - D`` (or ``-log D`` with ``log=True``), ``D = (2I + s_nr) / (P + G + s_dr)``.
 
-    See :class:`diceloss.DiceLoss` for every argument. Range: [0, 1]; with ``log=True`` [0, 16.1]
-    (D is floored at 1e-7).
+    See :class:`diceloss.DiceLoss` for every argument. Range: [0, 1]; with ``log=True`` [0, 17.12]
+    (``-log D`` down to D = 1e-7, its tangent line below, so the gradient never vanishes).
 
     Example:
         >>> x = torch.zeros(1, 2, 4)                  # logits: both classes at 0.5
@@ -329,8 +329,12 @@ def _compound(
     dice = _heads.reduce_class_losses(_heads.neg_log(score) if log else 1 - score, wk, present, reduction,
                                       batch_dice)
     other_sums = stats.cross_entropy if other == "ce" else stats.focal
+    # with a weight every multiclass target takes cross_entropy's class-index mean, sum w_c E_c / sum w_c G_c,
+    # so index, one-hot and soft one-hot targets of the same labels give the same loss (cross_entropy divides
+    # probability targets by the positions, which is the same without a weight)
     other_term = _heads.cross_entropy_term(other_sums, stats.target_volume, stats.count, w, mode=mode,
-                                           target_is_index=prep.target_is_index, reduction=reduction)
+                                           target_is_index=prep.target_is_index or w is not None,
+                                           reduction=reduction)
     return lambda_dice * dice + lambda_other * other_term, dice.detach(), other_term.detach()
 
 
@@ -362,7 +366,9 @@ def dice_ce_loss(
     r"""``lambda_dice * dice_loss + lambda_ce * CE``.
 
     CE is ``torch.nn.functional.cross_entropy`` (multiclass; same ``weight``, ``ignore_index``,
-    ``label_smoothing`` semantics, with probability targets divided by the number of valid positions)
+    ``label_smoothing`` semantics; with a ``weight``, one-hot and soft targets are divided by
+    ``sum_n sum_c w_c g_c`` like class indices, so every target format of the same labels gives the
+    same loss, where ``cross_entropy`` would divide probability targets by the number of positions)
     or ``binary_cross_entropy_with_logits`` with ``weight`` a per-channel factor (binary, multilabel;
     ``label_smoothing`` moves the targets towards 1/2). ``reduction`` is "mean" or "sum".
     See :class:`diceloss.DiceCELoss`. Range: [0, inf).

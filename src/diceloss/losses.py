@@ -104,12 +104,13 @@ class _OverlapLoss(nn.Module):
 
 
 class DiceLoss(_OverlapLoss):
-    r"""Dice loss, per class ``1 - D`` (``-log D`` with ``log=True``)::
+    __doc__ = r"""Dice loss, per class ``1 - D`` (``-log D`` with ``log=True``)::
 
         D = (2 I + s_nr) / (P + G + s_dr),   I = sum p g,  P = sum p^q,  G = sum g^q
 
     with q = 2 for ``squared=True`` (V-Net), sums over the valid positions of a sample (or of the
-    batch with ``batch_dice``). Range: [0, 1]; [0, 16.1] with ``log=True``.
+    batch with ``batch_dice``). Range: [0, 1]; [0, 17.12] with ``log=True``
+    (``-log D`` down to D = 1e-7, continued by its tangent line, so the gradient never vanishes).
     """ + _COMMON_DOC + """        squared: V-Net denominator sum p^2 + sum g^2.
         log: ``-log D`` per class instead of ``1 - D``.
 
@@ -134,7 +135,8 @@ class DiceLoss(_OverlapLoss):
 
 
 class JaccardLoss(_OverlapLoss):
-    r"""Jaccard (soft IoU) loss, per class ``1 - J``, ``J = (I + s_nr) / (P + G - I + s_dr)``. Range: [0, 1].
+    __doc__ = r"""Jaccard (soft IoU) loss, per class ``1 - J``, ``J = (I + s_nr) / (P + G - I + s_dr)``.
+    Range: [0, 1].
 
     MONAI's ``DiceLoss(jaccard=True)`` computes ``(2I + s) / (2(P + G - I) + s)`` instead: the same
     value up to how the smoothing enters.
@@ -152,7 +154,7 @@ class JaccardLoss(_OverlapLoss):
 
 
 class TverskyLoss(_OverlapLoss):
-    r"""Tversky loss, per class ``(1 - T) ** exponent`` (focal Tversky for exponent != 1)::
+    __doc__ = r"""Tversky loss, per class ``(1 - T) ** exponent`` (focal Tversky for exponent != 1)::
 
         T = (I + s_nr) / (I + alpha (P - I) + beta (G - I) + s_dr)
 
@@ -244,11 +246,12 @@ class _CompoundLoss(_OverlapLoss):
 
 
 class DiceCELoss(_CompoundLoss):
-    r"""``lambda_dice * DiceLoss + lambda_ce * cross-entropy``.
+    __doc__ = r"""``lambda_dice * DiceLoss + lambda_ce * cross-entropy``.
 
     The cross-entropy is ``torch.nn.functional.cross_entropy`` in multiclass mode (same ``weight``,
-    ``ignore_index`` and ``label_smoothing`` semantics; probability targets are divided by the
-    number of valid positions, as there) and ``binary_cross_entropy_with_logits`` in binary and
+    ``ignore_index`` and ``label_smoothing`` semantics; with a ``weight``, one-hot and soft targets
+    take the weighted mean of class indices, ``sum_n sum_c w_c g_c``, so every target format of the
+    same labels gives the same loss) and ``binary_cross_entropy_with_logits`` in binary and
     multilabel modes, with ``weight`` a per-channel factor. ``mask`` removes positions from both.
     ``reduction``: "mean" or "sum" only. ``components`` holds the detached ``dice`` and ``ce`` terms
     of the last call, for logging. Range: [0, inf).
@@ -285,7 +288,7 @@ class DiceCELoss(_CompoundLoss):
 
 
 class DiceFocalLoss(_CompoundLoss):
-    r"""``lambda_dice * DiceLoss + lambda_focal * focal loss``.
+    __doc__ = r"""``lambda_dice * DiceLoss + lambda_focal * focal loss``.
 
     The focal term is a softmax focal loss in multiclass mode,
     ``-sum_c w_c g_c (1 - p_c)^gamma log p_c`` per position, and a sigmoid one per element otherwise,

@@ -275,3 +275,13 @@ class DiceMetric:
 
 
 __all__ = ["dice_score", "iou_score", "hard_counts", "DiceMetric"]
+
+# surface-distance and per-label case metrics (diceloss.surface), re-exported here
+from .surface import (  # noqa: E402
+    average_surface_distance,
+    hausdorff_distance,
+    segmentation_metrics,
+    surface_dice,
+)
+
+__all__ += ["hausdorff_distance", "average_surface_distance", "surface_dice", "segmentation_metrics"]

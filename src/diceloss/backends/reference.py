@@ -7,6 +7,8 @@ the accumulation dtype, so it is neither fast nor light.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,7 +29,26 @@ def status() -> str:
 
 
 def _safe_log(p: Tensor) -> Tensor:
-    return torch.log(p).clamp_min(LOG_CLAMP)
+    """max(log p, -100) with a finite gradient: 0 where clamped.
+
+    ``torch.log(p).clamp_min(-100)`` has the same values, but at p = 0 its backward is 0 / 0 = NaN
+    (a probability of exactly 0 or 1 is an ordinary input with ``from_logits=False``).
+    """
+    ok = p > math.exp(LOG_CLAMP)
+    return torch.where(ok, torch.log(torch.where(ok, p, torch.ones_like(p))), torch.full_like(p, LOG_CLAMP))
+
+
+def _focal_pow(base: Tensor, gamma: float) -> Tensor:
+    """base ** gamma with a zero, not NaN, gradient at base = 0 when gamma < 1.
+
+    The focal factor (1 - p) ** gamma multiplies -log p, which vanishes like (1 - p) at p = 1, so the
+    product's true gradient there is 0; plain pow gives inf * 0 = NaN for a saturated, correct logit.
+    """
+    if gamma == 0:
+        return torch.ones_like(base)
+    positive = base > 0
+    return torch.where(positive, torch.where(positive, base, torch.ones_like(base)).pow(gamma),
+                       torch.zeros_like(base))
 
 
 def dense_target(prep: Prepared, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -88,7 +109,7 @@ def compute(prep: Prepared, request: StatsRequest) -> OverlapStats:
             g_smooth = g * (1.0 - eps) + eps / C
             cross_entropy = (m * g_smooth * -logp).sum(-1)
         if request.focal_gamma is not None:
-            focal = (m * g * (1.0 - p).pow(request.focal_gamma) * -logp).sum(-1)
+            focal = (m * g * _focal_pow(1.0 - p, request.focal_gamma) * -logp).sum(-1)
     else:
         if request.cross_entropy:
             g_smooth = g * (1.0 - eps) + eps / 2
@@ -103,7 +124,7 @@ def compute(prep: Prepared, request: StatsRequest) -> OverlapStats:
                 log_p, log_not_p = F.logsigmoid(x), F.logsigmoid(-x)
             else:
                 log_p, log_not_p = _safe_log(p), _safe_log(1 - p)
-            fl = -(g * (1 - p).pow(gamma) * log_p + (1 - g) * p.pow(gamma) * log_not_p)
+            fl = -(g * _focal_pow(1 - p, gamma) * log_p + (1 - g) * _focal_pow(p, gamma) * log_not_p)
             focal = (m * fl).sum(-1)
 
     return OverlapStats(intersection, pred_volume, target_volume, count, cross_entropy, focal)

@@ -1,0 +1,155 @@
+"""Time ``diceloss`` surface metrics against MONAI on one volume with many labels.
+
+    python benchmarks/bench_eval.py [--size 256] [--labels 10] [--repeat 3] [--out FILE]
+
+The volume: ``--labels`` ellipsoids of random size and place in a ``--size``^3 label map; the
+prediction moves and rescales each by a few voxels. Timed on the same label maps:
+
+* diceloss ``segmentation_metrics(metrics=("hd95", "nsd"))`` (SciPy distance transforms), then the
+  same with every metric (Dice, IoU, precision, recall, volume differences, HD, HD95, ASSD, NSD), and
+  with the torch fallback;
+* MONAI ``compute_hausdorff_distance(percentile=95)`` + ``compute_surface_dice`` on the one-hot
+  tensors they need (building those is timed apart and not counted).
+
+The values are compared too (max |difference| of HD95 and NSD). Prints a table and the ratio, and
+writes JSON. The numbers are wall-clock on whatever CPU runs this: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from diceloss.surface import DEFAULT_METRICS, segmentation_metrics
+
+TOLERANCE = 1.0
+
+
+def make_case(size: int, n_labels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Ellipsoids of radii 8..40 voxels; the prediction shifts each by up to 3 voxels, scales it by +-10%."""
+    rng = np.random.default_rng(seed)
+    gt = np.zeros((size,) * 3, dtype=np.uint8)
+    pred = np.zeros_like(gt)
+    for c in range(1, n_labels + 1):
+        r = rng.uniform(8, min(40, size / 5), size=3)
+        centre = rng.uniform(r.max() + 4, size - r.max() - 4, size=3)
+        shift = rng.integers(-3, 4, size=3)
+        r2 = r * rng.uniform(0.9, 1.1, size=3)
+        for out, ctr, rad in ((gt, centre, r), (pred, centre + shift, r2)):
+            lo = np.maximum(np.floor(ctr - rad).astype(int), 0)
+            hi = np.minimum(np.ceil(ctr + rad).astype(int) + 1, size)
+            grids = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+            inside = sum(((g - x) / s) ** 2 for g, x, s in zip(grids, ctr, rad)) <= 1
+            out[tuple(slice(a, b) for a, b in zip(lo, hi))][inside] = c
+    return pred, gt
+
+
+def timed(fn, repeat: int):
+    times, result = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times), result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--labels", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3, help="repeats of each diceloss timing (MONAI runs once)")
+    ap.add_argument("--no-monai", action="store_true")
+    ap.add_argument("--no-torch-backend", action="store_true")
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--out", default=os.path.join(here, "results", "eval.json"))
+    args = ap.parse_args(argv)
+
+    pred, gt = make_case(args.size, args.labels)
+    labels = list(range(1, args.labels + 1))
+    rows = []
+    # warm-up: imports and first-call costs stay out of the timings
+    for backend in ("scipy", "torch"):
+        segmentation_metrics(gt[:8, :8, :8], gt[:8, :8, :8], labels=[1], backend=backend)
+
+    def dl(metrics, backend="scipy"):
+        return lambda: segmentation_metrics(pred, gt, labels=labels, metrics=metrics, tolerance=TOLERANCE,
+                                            backend=backend)
+
+    med, best, ours = timed(dl(("hd95", "nsd")), args.repeat)
+    rows.append({"name": "diceloss hd95 + nsd (scipy EDT)", "median_s": med, "min_s": best})
+    med, best, _ = timed(dl(DEFAULT_METRICS + ("hd",)), args.repeat)
+    rows.append({"name": "diceloss all 10 metrics (scipy EDT)", "median_s": med, "min_s": best})
+    if not args.no_torch_backend:
+        med, best, ours_t = timed(dl(("hd95", "nsd"), "torch"), 1)
+        rows.append({"name": "diceloss hd95 + nsd (torch fallback)", "median_s": med, "min_s": best})
+
+    doc = {
+        "size": args.size, "labels": args.labels, "tolerance": TOLERANCE, "repeat": args.repeat,
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "loadavg_before": list(os.getloadavg()),
+    }
+    try:
+        if args.no_monai:
+            raise ImportError("--no-monai")
+        from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+    except ImportError as err:
+        print(f"MONAI not timed ({err})")
+    else:
+        t0 = time.perf_counter()
+        eye = torch.eye(args.labels + 1, dtype=torch.float32)
+        P = eye[torch.from_numpy(pred).long()].permute(3, 0, 1, 2)[None].contiguous()
+        G = eye[torch.from_numpy(gt).long()].permute(3, 0, 1, 2)[None].contiguous()
+        doc["monai_onehot_s"] = time.perf_counter() - t0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            hd = compute_hausdorff_distance(P, G, percentile=95)[0]
+            t1 = time.perf_counter()
+            nsd = compute_surface_dice(P, G, class_thresholds=[TOLERANCE] * args.labels)[0]
+            t2 = time.perf_counter()
+        del P, G
+        rows.append({"name": "MONAI compute_hausdorff_distance(95)", "median_s": t1 - t0, "min_s": t1 - t0})
+        rows.append({"name": "MONAI compute_surface_dice", "median_s": t2 - t1, "min_s": t2 - t1})
+        rows.append({"name": "MONAI hd95 + nsd", "median_s": t2 - t0, "min_s": t2 - t0})
+        doc["max_abs_diff_vs_monai"] = {
+            "hd95": max(abs(ours[c]["hd95"] - float(hd[i])) for i, c in enumerate(labels)),
+            "nsd": max(abs(ours[c]["nsd"] - float(nsd[i])) for i, c in enumerate(labels)),
+        }
+        doc["ratio_monai_over_diceloss"] = (t2 - t0) / rows[0]["median_s"]
+        if not args.no_torch_backend:
+            doc["ratio_monai_over_diceloss_torch"] = (t2 - t0) / rows[2]["median_s"]
+    if not args.no_torch_backend:
+        doc["max_abs_diff_torch_vs_scipy"] = max(
+            abs(ours[c][k] - ours_t[c][k]) for c in labels for k in ("hd95", "nsd")
+        )
+    doc["results"] = rows
+
+    load = ", ".join(f"{x:.1f}" for x in doc["loadavg_before"])
+    print(f"eval benchmark: {args.size}^3 volume, {args.labels} labels, NSD tolerance {TOLERANCE} "
+          f"(median of {args.repeat} for diceloss, MONAI once; {os.cpu_count()} CPUs, load average {load})")
+    print(f"{'':40}{'seconds':>10}")
+    for r in rows:
+        print(f"{r['name']:40}{r['median_s']:>10.3f}")
+    if "ratio_monai_over_diceloss" in doc:
+        print(f"MONAI hd95 + nsd / diceloss hd95 + nsd: {doc['ratio_monai_over_diceloss']:.1f}x "
+              f"(one-hot for MONAI, not counted: {doc['monai_onehot_s']:.2f} s)")
+        d = doc["max_abs_diff_vs_monai"]
+        print(f"max |diceloss - MONAI|: hd95 {d['hd95']:.2e}, nsd {d['nsd']:.2e}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

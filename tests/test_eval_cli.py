@@ -1,0 +1,213 @@
+"""``diceloss eval``: files in every format, folders with missing / mismatched / corrupt cases, outputs."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from diceloss.cli import main
+from diceloss.surface import segmentation_metrics
+
+
+def labels3d():
+    gt = np.zeros((12, 12, 10), dtype=np.uint8)
+    gt[2:8, 2:8, 2:7] = 1
+    gt[8:11, 8:11, 6:9] = 2
+    return gt
+
+
+def run(capsys, *argv):
+    code = main(["eval", "--no-progress", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """pred/ and gt/ with five good cases in five formats, and four bad ones."""
+    nib = pytest.importorskip("nibabel")
+    Image = pytest.importorskip("PIL.Image")
+    p, g = tmp_path / "pred", tmp_path / "gt"
+    p.mkdir()
+    g.mkdir()
+    gt = labels3d()
+    pred = np.roll(gt, 1, axis=0)
+    np.save(g / "a.npy", gt)
+    np.save(p / "a.npy", pred)
+    np.savez(g / "b.npz", seg=gt, spacing=np.array([1.0, 1.0, 2.0]))
+    np.savez(p / "b.npz", seg=pred)
+    affine = np.diag([0.5, 0.5, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(gt.astype(np.int16), affine), g / "c.nii.gz")
+    nib.save(nib.Nifti1Image(pred.astype(np.int16), affine), p / "c.nii.gz")
+    Image.fromarray(gt[:, :, 4]).save(g / "d.png")  # label 2 is absent from this slice
+    Image.fromarray(pred[:, :, 4]).save(p / "d.png")
+    Image.fromarray(gt[:, :, 4]).save(g / "e.tif")
+    Image.fromarray(pred[:, :, 4]).save(p / "e.tif")
+    np.save(g / "missing.npy", gt)  # no prediction
+    np.save(g / "mismatch.npy", gt)
+    np.save(p / "mismatch.npy", gt[:, :, :5])
+    np.save(g / "corrupt.npy", gt)
+    (p / "corrupt.npy").write_bytes(b"this is not a numpy file")
+    np.save(p / "extra.npy", gt)  # no ground truth
+    (g / "notes.txt").write_text("ignored")
+    return p, g
+
+
+def test_folders_all_formats_and_failures(folders, tmp_path, capsys):
+    p, g = folders
+    out_csv, out_json = tmp_path / "s.csv", tmp_path / "s.json"
+    code, out, err = run(capsys, p, g, "--csv", out_csv, "--json", out_json)
+    assert code == 1
+    # one line per failure as it happens, and the list at the end
+    assert "missing: failed: no prediction: no file named missing.* in" in err
+    assert "mismatch: failed: shape mismatch: prediction (12, 12, 5) vs ground truth (12, 12, 10)" in err
+    assert "corrupt: failed:" in err and "corrupt.npy: not a .npy file" in err
+    assert "1 prediction(s) without ground truth, not scored: extra.npy" in err
+    assert "scored 5 of 8 case(s); labels 1, 2" in out
+    tail = out.split("3 case(s) failed:")[1].strip().splitlines()
+    assert [line.split(":")[0].strip() for line in tail] == ["corrupt", "mismatch", "missing"]
+    # the summary table: label 1 dice is the mean over the five cases; n counts them
+    row = next(line for line in out.splitlines() if line.split()[:2] == ["1", "dice"])
+    dice1 = [segmentation_metrics(np.roll(labels3d(), 1, 0), labels3d())[1]["dice"]] * 3 + [
+        segmentation_metrics(np.roll(labels3d(), 1, 0)[:, :, 4], labels3d()[:, :, 4])[1]["dice"]] * 2
+    assert float(row.split()[2]) == pytest.approx(np.mean(dice1), abs=1e-4)
+    assert row.split()[-1] == "5"
+
+    rows = read_csv(out_csv)
+    assert list(rows[0]) == ["case", "label", "dice", "iou", "precision", "recall", "avd", "rvd", "hd95",
+                             "assd", "nsd", "error"]
+    by = {(r["case"], r["label"]): r for r in rows}
+    assert {c for c, _ in by} == {"a", "b", "c", "d", "e", "missing", "mismatch", "corrupt"}
+    assert by["mismatch", ""]["error"].startswith("shape mismatch")
+    assert by["a", "1"]["error"] == ""
+    # spacing: from the .npz array (b) and the NIfTI header (c); 1 for .npy (a)
+    ref = {sp: segmentation_metrics(np.roll(labels3d(), 1, 0), labels3d(), spacing=sp)
+           for sp in [(1.0, 1.0, 1.0), (1.0, 1.0, 2.0), (0.5, 0.5, 3.0)]}
+    for case, sp in (("a", (1.0, 1.0, 1.0)), ("b", (1.0, 1.0, 2.0)), ("c", (0.5, 0.5, 3.0))):
+        for lab in (1, 2):
+            for m in ("hd95", "assd", "avd", "nsd"):
+                assert float(by[case, str(lab)][m]) == pytest.approx(ref[sp][lab][m]), (case, lab, m)
+    # the 2D slices lack label 2 in both maps: the both-empty policy (dice 1, distances NaN)
+    assert by["d", "2"]["dice"] == "1.0" and math.isnan(float(by["d", "2"]["hd95"]))
+
+    doc = json.loads(out_json.read_text())
+    assert [c["case"] for c in doc["cases"]] == ["a", "b", "c", "d", "e"]
+    assert doc["cases"][2]["spacing"] == [0.5, 0.5, 3.0]
+    assert doc["cases"][3]["metrics"]["2"]["hd95"] is None  # NaN -> null
+    assert {f["case"] for f in doc["failed"]} == {"missing", "mismatch", "corrupt"}
+    assert doc["unmatched_predictions"] == ["extra.npy"]
+    s = doc["summary"]["2"]["hd95"]
+    assert s["n"] == 3  # the two 2D cases have no label 2: NaN, left out
+    assert doc["summary"]["1"]["dice"]["mean"] == pytest.approx(np.mean(dice1))
+
+
+def test_single_files_options_and_jobs(tmp_path, capsys):
+    gt = labels3d()
+    pred = gt.copy()
+    pred[pred == 2] = 0  # label 2 missed
+    np.save(tmp_path / "g.npy", gt)
+    np.save(tmp_path / "p.npy", pred)
+    js = tmp_path / "o.json"
+    code, out, err = run(capsys, tmp_path / "p.npy", tmp_path / "g.npy", "--labels", "1-3", "--metrics",
+                         "dice,hd95,nsd", "--spacing", "2", "--tolerance", "2.5", "--json", js)
+    assert code == 0, err
+    doc = json.loads(js.read_text())
+    m = doc["cases"][0]["metrics"]
+    assert set(m) == {"1", "2", "3"} and set(m["1"]) == {"dice", "hd95", "nsd"}
+    assert m["1"] == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0}
+    assert m["2"]["dice"] == 0.0 and m["2"]["hd95"] == "inf"  # one empty: inf by default
+    assert m["3"] == {"dice": 1.0, "hd95": None, "nsd": 1.0}  # both empty
+    assert doc["cases"][0]["spacing"] == [2.0, 2.0, 2.0]
+    code, out, _ = run(capsys, tmp_path / "p.npy", tmp_path / "g.npy", "--empty-distance", "nan",
+                       "--empty", "nan", "--labels", "2,3", "--json", js)
+    m = json.loads(js.read_text())["cases"][0]["metrics"]
+    assert m["2"]["hd95"] is None and m["2"]["dice"] == 0.0 and m["3"]["dice"] is None
+    # --include-background, --ignore-index
+    gt2 = gt.astype(np.int64)
+    gt2[:, :, 0] = 255
+    np.save(tmp_path / "g2.npy", gt2)
+    code, out, _ = run(capsys, tmp_path / "p.npy", tmp_path / "g2.npy", "--include-background",
+                       "--ignore-index", "255", "--json", js)
+    assert code == 0
+    assert set(json.loads(js.read_text())["cases"][0]["metrics"]) == {"0", "1", "2"}
+
+    # --jobs: the same numbers from worker processes
+    d_p, d_g = tmp_path / "jp", tmp_path / "jg"
+    d_p.mkdir()
+    d_g.mkdir()
+    for k in range(3):
+        np.save(d_g / f"c{k}.npy", gt)
+        np.save(d_p / f"c{k}.npy", np.roll(gt, k, axis=1))
+    c1, c2 = tmp_path / "one.csv", tmp_path / "two.csv"
+    assert run(capsys, d_p, d_g, "--csv", c1)[0] == 0
+    assert run(capsys, d_p, d_g, "--csv", c2, "--jobs", "2")[0] == 0
+    assert read_csv(c1) == read_csv(c2) and len(read_csv(c1)) == 6
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["nope", "nope2"], "PRED 'nope' does not exist"),
+        (["{f}", "{d}"], "must be two files or two folders"),
+        (["{f}", "{f}", "--labels", "a"], "--labels: expected integers or ranges"),
+        (["{f}", "{f}", "--metrics", "dice,hd99"], "--metrics: expected names from"),
+        (["{f}", "{f}", "--spacing", "1,-2"], "--spacing: expected positive numbers"),
+        (["{f}", "{f}", "--tolerance", "-1"], "--tolerance: expected a number >= 0"),
+        (["{f}", "{f}", "--jobs", "0"], "--jobs: expected a number >= 1"),
+        (["{d}", "{d}"], "no label maps"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, capsys, argv, message):
+    f = tmp_path / "x.npy"
+    np.save(f, labels3d())
+    d = tmp_path / "empty"
+    d.mkdir()
+    argv = [a.format(f=f, d=d) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+
+
+def test_spacing_of_wrong_length_fails_the_case(tmp_path, capsys):
+    np.save(tmp_path / "g.npy", labels3d())
+    # with the progress bar on (tqdm, off when stderr is not a terminal): the reason still goes to stderr
+    code = main(["eval", str(tmp_path / "g.npy"), str(tmp_path / "g.npy"), "--spacing", "1,2"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "g: failed: spacing (1.0, 2.0) has 2 values for a 3D image" in err
+    assert "1 case(s) failed:\n  g: spacing (1.0, 2.0)" in out
+
+
+def test_entry_point_runs(tmp_path):
+    np.save(tmp_path / "g.npy", labels3d())
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    g = str(tmp_path / "g.npy")
+    proc = subprocess.run([sys.executable, "-m", "diceloss", "eval", g, g, "--metrics", "dice,hd95"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "scored 1 of 1 case(s); labels 1, 2" in proc.stdout
+
+
+def test_ambiguous_names_fail_that_case(tmp_path, capsys):
+    p, g = tmp_path / "p", tmp_path / "g"
+    p.mkdir()
+    g.mkdir()
+    for d in (p, g):
+        np.save(d / "ok.npy", labels3d())
+    np.save(g / "dup.npy", labels3d())
+    np.save(p / "dup.npy", labels3d())
+    np.savez(p / "dup.npz", seg=labels3d())
+    code, out, err = run(capsys, p, g)
+    assert code == 1
+    assert "dup: failed: several prediction files for one case: dup.npy, dup.npz" in err
+    assert "scored 1 of 2 case(s)" in out

@@ -1,0 +1,216 @@
+"""torch.autograd.gradcheck in float64 for every loss over the options that change the gradient.
+
+Shapes are tiny (2 x 3 x 5) so the finite differences are cheap. The inputs stay away from the
+kinks of the losses (p = g in the semimetric's min, the log-Dice floor, absent classes switching).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import diceloss
+from diceloss import functional as DF
+
+BACKEND = "reference"
+B, C, N = 2, 3, 5
+
+
+@pytest.fixture(autouse=True)
+def _no_value_checks():
+    # the inputs are valid by construction; skipping the value checks halves the time of the many forwards
+    previous = diceloss.set_value_checks(False)
+    yield
+    diceloss.set_value_checks(previous)
+
+
+FUNCS = {
+    "dice": DF.dice_loss,
+    "jaccard": DF.jaccard_loss,
+    "tversky": DF.tversky_loss,
+    "gdl": DF.generalized_dice_loss,
+    "dice_ce": DF.dice_ce_loss,
+    "dice_focal": DF.dice_focal_loss,
+}
+
+# options each loss takes beyond the shared ones
+EXTRA = {
+    "dice": {"squared", "log", "weight", "absent"},
+    "jaccard": {"weight", "absent"},
+    "tversky": {"weight", "absent", "alpha", "beta", "exponent"},
+    "gdl": {"weighting"},
+    "dice_ce": {"squared", "log", "weight", "absent", "label_smoothing", "lambda_ce"},
+    "dice_focal": {"squared", "log", "weight", "absent", "gamma", "lambda_focal"},
+}
+SHARED = {
+    "mode",
+    "from_logits",
+    "batch_dice",
+    "ignore_index",
+    "include_background",
+    "reduction",
+    "soft_label",
+    "smooth_nr",
+    "smooth_dr",
+}
+
+OPTIONS = [
+    {},
+    {"from_logits": False},
+    {"batch_dice": True},
+    {"squared": True},
+    {"log": True},
+    {"ignore_index": 255},
+    {"ignore_index": 1},
+    {"mask": True},
+    {"weight": [0.5, 1.0, 2.0]},
+    {"weight": [0.5, 1.0, 2.0], "include_background": False, "batch_dice": True},
+    {"target": "soft"},
+    {"target": "soft", "soft_label": True},
+    {"target": "onehot", "ignore_index": 0, "mask": True},
+    {"absent": "exclude", "sparse_target": True},
+    {"reduction": "sum", "smooth_nr": 0.1, "smooth_dr": 1.0},
+    {"reduction": "none"},
+    {"alpha": 0.2, "beta": 0.8, "exponent": 0.75},
+    {"exponent": 2.0, "batch_dice": True},
+    {"weighting": "simple", "sparse_target": True},
+    {"weighting": "uniform", "mask": True},
+    {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0], "ignore_index": 255},
+    {"gamma": 0.5, "lambda_focal": 2.0},
+    {"gamma": 2.0, "weight": [0.5, 1.0, 2.0], "mask": True},
+]
+
+
+def _inputs(mode, opts, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = 1 if mode == "binary" else C
+    x = torch.randn(B, c, N, generator=g, dtype=torch.float64)
+    if not opts.get("from_logits", True):
+        # probabilities away from 0 and 1, so the finite differences stay inside [0, 1]
+        x = 0.1 + 0.8 * torch.rand(B, c, N, generator=g, dtype=torch.float64)
+    target = opts.get("target", "index")
+    if mode == "multiclass":
+        t = torch.randint(0, C, (B, N), generator=g)
+        if opts.get("sparse_target"):
+            t = torch.tensor([[0, 0, 1, 0, 1], [2, 0, 0, 2, 0]])  # class 2 absent in sample 0, class 1 in 1
+        if opts.get("ignore_index") in (255, 1) and target == "index":
+            t[:, 1] = opts["ignore_index"]
+        if target == "onehot":
+            t = F.one_hot(t, C).permute(0, 2, 1).double()
+        elif target == "soft":
+            t = torch.softmax(3 * torch.randn(B, C, N, generator=g, dtype=torch.float64), 1)
+    else:
+        t = torch.rand(B, c, N, generator=g, dtype=torch.float64)
+        if target != "soft":
+            t = (t > 0.5).double()
+        if opts.get("sparse_target"):
+            t[0, -1] = 0
+        if opts.get("ignore_index") is not None:
+            t[:, :, 1] = opts["ignore_index"]
+    mask = None
+    if opts.get("mask"):
+        mask = torch.rand(B, N, generator=g) > 0.3
+    return x, t, mask
+
+
+def _cases():
+    out = []
+    for kind in FUNCS:
+        allowed = SHARED | EXTRA[kind]
+        for mode in ("multiclass", "binary", "multilabel"):
+            for i, opts in enumerate(OPTIONS):
+                keys = set(opts) - {"mask", "target", "sparse_target"}
+                if not keys <= allowed:
+                    continue
+                if kind in ("dice_ce", "dice_focal") and opts.get("reduction") == "none":
+                    continue
+                if mode != "multiclass" and (opts.get("target") == "onehot" or opts.get("ignore_index") == 1):
+                    continue
+                out.append(pytest.param(kind, mode, opts, id=f"{kind}-{mode}-{i}"))
+    return out
+
+
+@pytest.mark.parametrize("kind,mode,opts", _cases())
+def test_gradcheck(kind, mode, opts):
+    x, t, mask = _inputs(mode, opts, seed=zlib.crc32(f"{kind}{mode}{sorted(opts.items())}".encode()) % 1000)
+    kw = {k: v for k, v in opts.items() if k not in ("mask", "target", "sparse_target")}
+    if mode == "binary" and "weight" in kw:
+        kw["weight"] = kw["weight"][:1]
+    x.requires_grad_(True)
+    fn = FUNCS[kind]
+
+    def f(inp):
+        return fn(inp, t, mask, mode=mode, backend=BACKEND, **kw)
+
+    # fast mode compares the Jacobian along random directions: one backward and two forwards per check
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("kind", list(FUNCS))
+@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
+def test_gradcheck_full_jacobian(kind, mode):
+    # the full Jacobian, element by element, for the default options
+    x, t, mask = _inputs(mode, {"mask": True}, seed=17)
+    x.requires_grad_(True)
+    kw = {"reduction": "none"} if kind in ("dice", "jaccard", "tversky", "gdl") else {}
+    assert torch.autograd.gradcheck(
+        lambda inp: FUNCS[kind](inp, t, mask, mode=mode, backend=BACKEND, **kw), (x,)
+    )
+
+
+def test_gradcheck_spatial_2d_and_batch_dice_multilabel():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    t = (torch.rand(2, 2, 3, 2, generator=g) > 0.5).double()
+    for fn in FUNCS.values():
+        assert torch.autograd.gradcheck(
+            lambda inp, fn=fn: fn(inp, t, mode="multilabel", batch_dice=True, backend=BACKEND), (x,)
+        )
+
+
+def test_gradgradcheck_reference_dice():
+    # the reference backend is plain autograd, so it also has second derivatives
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 3, (1, 4), generator=g)
+    assert torch.autograd.gradgradcheck(lambda inp: DF.dice_loss(inp, t, backend=BACKEND), (x,))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
+def test_focal_gradient_finite_at_saturated_logits(gamma, mode):
+    # confident, correct logits make p == 1 exactly; (1 - p) ** gamma with gamma < 1 must not give NaN there
+    c = 1 if mode == "binary" else 2
+    x = torch.full((1, c, 4), -200.0, dtype=torch.float32)
+    if mode == "multiclass":
+        x[0, 0, :2] = 200.0
+        x[0, 1, 2:] = 200.0
+        t = torch.tensor([[0, 0, 1, 1]])
+    else:
+        x[:, :, :2] = 200.0
+        t = torch.tensor([1.0, 1.0, 0.0, 0.0]).expand(1, c, 4).clone()
+    x.requires_grad_(True)
+    loss = DF.dice_focal_loss(x, t, mode=mode, gamma=gamma, backend=BACKEND)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert float(loss.detach()) < 1e-6
+
+
+@pytest.mark.parametrize("kind", list(FUNCS))
+@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
+def test_gradient_finite_at_probabilities_zero_and_one(kind, mode):
+    # from_logits=False with exact 0 / 1 probabilities (hard maps, clamped outputs): finite values, gradients
+    c = 1 if mode == "binary" else 2
+    p = torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 0.25], dtype=torch.float64).expand(2, c, 6).clone()
+    if mode == "multiclass":
+        p[:, 1] = 1 - p[:, 0]
+        t = torch.tensor([[0, 1, 0, 0, 1, 1]]).expand(2, 6)
+    else:
+        t = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64).expand(2, c, 6)
+    p.requires_grad_(True)
+    loss = FUNCS[kind](p, t, mode=mode, from_logits=False, backend=BACKEND)
+    (grad,) = torch.autograd.grad(loss, p)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()

@@ -1,0 +1,193 @@
+"""Hard-label metrics: dice_score, iou_score and DiceMetric on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diceloss import metrics
+from diceloss.metrics import DiceMetric, dice_score, iou_score
+
+NAN = math.nan
+
+
+def _close(got, want):
+    want = torch.tensor(want, dtype=torch.float64)
+    torch.testing.assert_close(got, want, equal_nan=True)
+
+
+# pred [0, 1, 1, 2] vs target [0, 1, 2, 2]:
+#   class 0: I = 1, P = 1, G = 1 -> Dice 1, IoU 1
+#   class 1: I = 1, P = 2, G = 1 -> Dice 2/3, IoU 1/2
+#   class 2: I = 1, P = 1, G = 2 -> Dice 2/3, IoU 1/2
+PRED = torch.tensor([[0, 1, 1, 2]])
+GT = torch.tensor([[0, 1, 2, 2]])
+
+
+def test_hand_case_index_maps():
+    _close(dice_score(PRED, GT, mode="multiclass", num_classes=3), [[1.0, 2 / 3, 2 / 3]])
+    _close(iou_score(PRED, GT, mode="multiclass", num_classes=3), [[1.0, 0.5, 0.5]])
+    _close(dice_score(PRED, GT, mode="multiclass", num_classes=3, include_background=False), [[2 / 3, 2 / 3]])
+    _close(dice_score(PRED, GT, mode="multiclass", num_classes=3, reduction="mean"), (1 + 4 / 3) / 3)
+
+
+def test_scores_are_argmaxed_and_one_hot_targets_accepted():
+    scores = F.one_hot(PRED, 3).movedim(-1, 1).float() * 5 + torch.randn(1, 3, 4) * 0.1
+    onehot = F.one_hot(GT, 3).movedim(-1, 1).float()
+    _close(dice_score(scores, GT, mode="multiclass"), [[1.0, 2 / 3, 2 / 3]])
+    _close(dice_score(scores, onehot, mode="multiclass"), [[1.0, 2 / 3, 2 / 3]])
+    _close(dice_score(scores, GT[:, None], mode="multiclass"), [[1.0, 2 / 3, 2 / 3]])
+    _close(dice_score(PRED[:, None], GT, mode="multiclass", num_classes=3), [[1.0, 2 / 3, 2 / 3]])
+    # from_logits changes nothing for argmax
+    _close(dice_score(scores, GT, mode="multiclass", from_logits=True), [[1.0, 2 / 3, 2 / 3]])
+
+
+@pytest.mark.parametrize("empty,value", [("nan", NAN), ("one", 1.0), ("zero", 0.0)])
+def test_empty_policy(empty, value):
+    # class 3 absent from prediction and target; class 2 absent from the target only -> 0, not empty
+    pred = torch.tensor([[0, 1, 1, 2]])
+    gt = torch.tensor([[0, 1, 1, 1]])
+    _close(dice_score(pred, gt, mode="multiclass", num_classes=4, empty=empty), [[1.0, 0.8, 0.0, value]])
+    _close(iou_score(pred, gt, mode="multiclass", num_classes=4, empty=empty), [[1.0, 2 / 3, 0.0, value]])
+    mean = dice_score(pred, gt, mode="multiclass", num_classes=4, empty=empty, reduction="mean")
+    vals = [1.0, 0.8, 0.0] + ([] if empty == "nan" else [value])
+    assert float(mean) == pytest.approx(sum(vals) / len(vals))
+
+
+def test_everything_empty_mean_is_nan():
+    z = torch.zeros(1, 4, dtype=torch.long)
+    assert math.isnan(float(dice_score(z, z, mode="binary", reduction="mean")))
+    assert float(dice_score(z, z, mode="binary", empty="one", reduction="mean")) == 1.0
+
+
+def test_binary_threshold_and_logits():
+    probs = torch.tensor([[[0.2, 0.55, 0.7, 0.9]]])
+    gt = torch.tensor([[[0, 1, 1, 0]]])
+    # threshold 0.5: pred [0, 1, 1, 1] -> I = 2, P = 3, G = 2 -> 4/5
+    _close(dice_score(probs, gt, mode="binary"), [[0.8]])
+    # threshold 0.6: pred [0, 0, 1, 1] -> I = 1, P = 2, G = 2 -> 1/2
+    _close(dice_score(probs, gt, mode="binary", threshold=0.6), [[0.5]])
+    # logits: thresholded at 0, whatever threshold says
+    logits = torch.logit(probs)
+    _close(dice_score(logits, gt, mode="binary", from_logits=True), [[0.8]])
+    _close(dice_score(logits, gt, mode="binary", from_logits=True, threshold=0.9), [[0.8]])
+    # (B, *S) input and (B, 1, *S) target
+    _close(dice_score(probs[:, 0], gt, mode="binary"), [[0.8]])
+    # integer hard labels
+    _close(dice_score((probs > 0.5).long(), gt, mode="binary"), [[0.8]])
+    _close(iou_score(probs, gt.bool(), mode="binary"), [[2 / 3]])
+
+
+def test_multilabel_per_channel():
+    pred = torch.tensor([[[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0]]])
+    gt = torch.tensor([[[1, 0, 0, 0], [0, 0, 0, 0], [1, 0, 1, 1]]])
+    _close(dice_score(pred, gt, mode="multilabel"), [[2 / 3, NAN, 0.8]])
+    _close(dice_score(pred, gt, mode="multilabel", include_background=False), [[NAN, 0.8]])
+    _close(iou_score(pred, gt, mode="multilabel", empty="zero"), [[0.5, 0.0, 2 / 3]])
+
+
+def test_ignore_index():
+    pred = torch.tensor([[0, 1, 1, 2]])
+    gt = torch.tensor([[0, 1, 255, 2]])
+    # position 2 skipped: class 1: I = 1, P = 1, G = 1 ; class 2: I = 1, P = 1, G = 1
+    _close(dice_score(pred, gt, mode="multiclass", num_classes=3, ignore_index=255), [[1.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"target class indices must be in \[0, 2\], got \[255\]"):
+        dice_score(pred, gt, mode="multiclass", num_classes=3)
+    # binary: elements whose target is the ignore value are skipped
+    probs = torch.tensor([[[0.9, 0.9, 0.1, 0.8]]])
+    gtb = torch.tensor([[[1.0, -1.0, 0.0, 1.0]]])
+    _close(dice_score(probs, gtb, mode="binary", ignore_index=-1), [[1.0]])
+
+
+def test_num_classes():
+    with pytest.raises(ValueError, match="num_classes is needed"):
+        dice_score(PRED, GT, mode="multiclass")
+    # a class beyond those seen counts as empty
+    _close(dice_score(PRED, GT, mode="multiclass", num_classes=4), [[1.0, 2 / 3, 2 / 3, NAN]])
+    scores = torch.randn(1, 3, 4)
+    with pytest.raises(ValueError, match="num_classes=4 differs from the scores' C = 3"):
+        dice_score(scores, GT, mode="multiclass", num_classes=4)
+    with pytest.raises(ValueError, match=r"prediction class indices must be in \[0, 1\], got \[2\]"):
+        dice_score(PRED, GT.clamp_max(1), mode="multiclass", num_classes=2)
+
+
+def test_per_sample_rows():
+    pred = torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0]])
+    gt = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])
+    # sample 0: class 0: I 1, P 1, G 2 -> 2/3 ; class 1: I 2, P 3, G 2 -> 4/5
+    # sample 1: class 0: I 0, P 2, G 0 -> 0   ; class 1: I 2, P 2, G 4 -> 2/3
+    _close(dice_score(pred, gt, mode="multiclass", num_classes=2), [[2 / 3, 0.8], [0.0, 2 / 3]])
+
+
+def test_matches_hard_soft_dice():
+    # hard Dice = the soft Dice of one-hot probabilities with no smoothing
+    from diceloss import functional as DF
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randint(0, 4, (3, 6, 7), generator=g)
+    gt = torch.randint(0, 4, (3, 6, 7), generator=g)
+    hard = dice_score(pred, gt, mode="multiclass", num_classes=4)
+    soft = 1 - DF.dice_loss(
+        F.one_hot(pred, 4).movedim(-1, 1).double(),
+        gt,
+        from_logits=False,
+        smooth_nr=0.0,
+        smooth_dr=1e-300,
+        reduction="none",
+        backend="reference",
+    )
+    torch.testing.assert_close(hard, soft)
+
+
+def test_hard_counts():
+    I, P, G = metrics.hard_counts(PRED, GT, mode="multiclass", num_classes=3)
+    assert I.tolist() == [[1, 1, 1]] and P.tolist() == [[1, 2, 1]] and G.tolist() == [[1, 1, 2]]
+    assert I.dtype == torch.int64
+
+
+# ----------------------------------------------------------------------------------------------
+# DiceMetric
+
+
+def test_dice_metric_accumulates_over_batches():
+    m = DiceMetric(mode="multiclass", num_classes=3)
+    m.update(PRED, GT)
+    _close(m.compute(reduction="none"), [1.0, 2 / 3, 2 / 3])
+    # a second batch: [1, 1, 1, 1] vs [1, 1, 1, 0] -> class 0: 0 (G 1, P 0) ; class 1: 6/7 ; class 2 empty
+    m.update(torch.tensor([[1, 1, 1, 1]]), torch.tensor([[1, 1, 1, 0]]))
+    _close(m.compute(reduction="none"), [(1 + 0) / 2, (2 / 3 + 6 / 7) / 2, 2 / 3])
+    assert float(m.compute()) == pytest.approx((0.5 + (2 / 3 + 6 / 7) / 2 + 2 / 3) / 3)
+    m.reset()
+    with pytest.raises(RuntimeError, match="before any update"):
+        m.compute()
+
+
+def test_dice_metric_global_aggregation():
+    m = DiceMetric(mode="multiclass", num_classes=3, aggregation="global")
+    m.update(PRED, GT)
+    m.update(torch.tensor([[1, 1, 1, 1]]), torch.tensor([[1, 1, 1, 0]]))
+    # class 0: 2I = 2, P + G = 1 + 1 + 0 + 1 = 3 ; class 1: 2I = 2 + 6, P + G = 3 + 7 ; class 2: 2 / 3
+    _close(m.compute(reduction="none"), [2 / 3, 8 / 10, 2 / 3])
+
+
+def test_dice_metric_options():
+    m = DiceMetric(mode="multiclass", num_classes=3, include_background=False)
+    m.update(PRED, GT)
+    _close(m.compute(reduction="none"), [2 / 3, 2 / 3])
+    m = DiceMetric(mode="binary", from_logits=True)
+    m.update(torch.tensor([[[-1.0, 2.0, 3.0, 0.5]]]), torch.tensor([[[0, 1, 1, 0]]]))
+    _close(m.compute(reduction="none"), [0.8])
+    m = DiceMetric(mode="multiclass", num_classes=3, ignore_index=255)
+    m.update(PRED, torch.tensor([[0, 1, 255, 2]]))
+    _close(m.compute(reduction="none"), [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="aggregation must be one of 'sample', 'global'"):
+        DiceMetric(aggregation="batch")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        DiceMetric(mode="multi")
+    m = DiceMetric(mode="multiclass")
+    m.update(torch.randn(1, 3, 4), GT)
+    with pytest.raises(ValueError, match="update with 4 classes after 3"):
+        m.update(torch.randn(1, 4, 4), GT)
