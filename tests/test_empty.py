@@ -289,3 +289,18 @@ def test_gdl_binary_empty_target():
     p, g = _binary(0.3, 0.0)
     loss, grad = _loss_and_grad("gdl", p, g)
     assert loss > 0.99 and (grad > 0).all()
+
+
+@pytest.mark.parametrize("name", ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss"])
+def test_zero_smoothing_both_empty_is_a_perfect_match_not_nan(name):
+    import diceloss.functional as F
+
+    p = torch.zeros(1, 1, 8, dtype=torch.float64, requires_grad=True)
+    g = torch.zeros(1, 1, 8, dtype=torch.float64)
+    loss = getattr(F, name)(p, g, mode="binary", from_logits=False, smooth_nr=0.0, smooth_dr=0.0)
+    loss.backward()
+    assert float(loss) == 0.0
+    assert torch.isfinite(p.grad).all()
+    # and with a false positive, zero smoothing scores the class as fully wrong
+    q = torch.full((1, 1, 8), 0.3, dtype=torch.float64)
+    assert float(getattr(F, name)(q, g, mode="binary", from_logits=False, smooth_nr=0.0, smooth_dr=0.0)) == 1.0

@@ -13,21 +13,35 @@ import torch
 from torch import Tensor
 
 
+def ratio_or_one(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, and 1 where den == 0.
+
+    The denominators of the overlap scores are sums of non-negative terms plus s_dr, so they vanish
+    only with s_dr = 0 on a class empty in both target and prediction: a perfect match, score 1
+    (not NaN), with a zero gradient.
+    """
+    nonzero = den != 0
+    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.ones_like(num))
+
+
 def dice_score(I: Tensor, P: Tensor, G: Tensor, smooth_nr: float, smooth_dr: float) -> Tensor:
     """D = (2I + s_nr) / (P + G + s_dr)."""
-    return (2 * I + smooth_nr) / (P + G + smooth_dr)
+    return ratio_or_one(2 * I + smooth_nr, P + G + smooth_dr)
 
 
 def jaccard_score(I: Tensor, P: Tensor, G: Tensor, smooth_nr: float, smooth_dr: float) -> Tensor:
     """J = (I + s_nr) / (P + G - I + s_dr)."""
-    return (I + smooth_nr) / (P + G - I + smooth_dr)
+    return ratio_or_one(I + smooth_nr, P + G - I + smooth_dr)
 
 
 def tversky_score(
     I: Tensor, P: Tensor, G: Tensor, alpha: float, beta: float, smooth_nr: float, smooth_dr: float
 ) -> Tensor:
-    """T = (I + s_nr) / (I + alpha (P - I) + beta (G - I) + s_dr); alpha weighs false positives, beta false negatives."""
-    return (I + smooth_nr) / (I + alpha * (P - I) + beta * (G - I) + smooth_dr)
+    """T = (I + s_nr) / (I + alpha (P - I) + beta (G - I) + s_dr).
+
+    alpha weighs false positives, beta false negatives.
+    """
+    return ratio_or_one(I + smooth_nr, I + alpha * (P - I) + beta * (G - I) + smooth_dr)
 
 
 # Below this score a log-Dice continues along its tangent line: the loss stays bounded, by
@@ -53,7 +67,9 @@ def safe_pow(x: Tensor, exponent: float) -> Tensor:
         return x
     x = x.clamp_min(0)
     positive = x > 0
-    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).pow(exponent), torch.zeros_like(x))
+    return torch.where(
+        positive, torch.where(positive, x, torch.ones_like(x)).pow(exponent), torch.zeros_like(x)
+    )
 
 
 def reduce_class_losses(
@@ -84,7 +100,9 @@ def reduce_class_losses(
         return loss.mean()
     num = weighted.sum(dim=1)
     den = factor.sum(dim=1)
-    per_group = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+    per_group = torch.where(
+        den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num)
+    )
     return per_group.mean()
 
 
@@ -110,7 +128,7 @@ def generalized_dice_loss(
         w = torch.where(any_present.expand_as(w), w, torch.ones_like(w))
     num = 2 * (w * I).sum(dim=1) + smooth_nr
     den = (w * (P + G)).sum(dim=1) + smooth_dr
-    return 1 - num / den
+    return 1 - ratio_or_one(num, den)
 
 
 def reduce_groups(loss: Tensor, reduction: str, batch_dice: bool) -> Tensor:

@@ -52,7 +52,9 @@ def all_reduce_stats(stats: OverlapStats, group=None) -> OverlapStats:
     present = [f for f in stats if f is not None]
     shapes = {tuple(f.shape) for f in present}
     if len(shapes) != 1 or next(iter(shapes))[0] != 1:
-        raise ValueError(f"all_reduce_stats expects statistics summed over the batch, (1, C); got shapes {shapes}")
+        raise ValueError(
+            f"all_reduce_stats expects statistics summed over the batch, (1, C); got shapes {shapes}"
+        )
     stacked = torch.stack(present, dim=-1)
     summed = all_reduce_sum(stacked, group).unbind(dim=-1)
     it = iter(summed)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from . import _heads, _inputs
@@ -92,8 +91,18 @@ def _kept(t: Tensor, kept: tuple[int, ...] | None) -> Tensor:
     return t if kept is None else t[:, list(kept)]
 
 
-def _check_overlap_options(mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed,
-                           batch_dice, reductions=_inputs.REDUCTIONS) -> None:
+def _check_overlap_options(
+    mode,
+    reduction,
+    smooth_nr,
+    smooth_dr,
+    backend,
+    absent,
+    ignore_index,
+    distributed,
+    batch_dice,
+    reductions=_inputs.REDUCTIONS,
+) -> None:
     _inputs.check_loss_options(
         mode=mode,
         reduction=reduction,
@@ -156,13 +165,25 @@ def dice_loss(
         >>> round(float(dice_loss(x, t)), 4)
         0.5
     """
-    _check_overlap_options(mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed,
-                           batch_dice)
+    _check_overlap_options(
+        mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed, batch_dice
+    )
     request = StatsRequest(squared=squared, soft_label=soft_label)
-    prep, stats, w = _overlap(input, target, mask, mode=mode, from_logits=from_logits,
-                              include_background=include_background, weight=weight, ignore_index=ignore_index,
-                              batch_dice=batch_dice, request=request, backend=backend, distributed=distributed,
-                              process_group=process_group)
+    prep, stats, w = _overlap(
+        input,
+        target,
+        mask,
+        mode=mode,
+        from_logits=from_logits,
+        include_background=include_background,
+        weight=weight,
+        ignore_index=ignore_index,
+        batch_dice=batch_dice,
+        request=request,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+    )
     I, P, G, w, present = _per_class(prep, stats, w, absent)
     score = _heads.dice_score(I, P, G, smooth_nr, smooth_dr)
     loss = _heads.neg_log(score) if log else 1 - score
@@ -199,13 +220,25 @@ def jaccard_loss(
         >>> round(float(jaccard_loss(x, t)), 4)
         0.6667
     """
-    _check_overlap_options(mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed,
-                           batch_dice)
+    _check_overlap_options(
+        mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed, batch_dice
+    )
     request = StatsRequest(soft_label=soft_label)
-    prep, stats, w = _overlap(input, target, mask, mode=mode, from_logits=from_logits,
-                              include_background=include_background, weight=weight, ignore_index=ignore_index,
-                              batch_dice=batch_dice, request=request, backend=backend, distributed=distributed,
-                              process_group=process_group)
+    prep, stats, w = _overlap(
+        input,
+        target,
+        mask,
+        mode=mode,
+        from_logits=from_logits,
+        include_background=include_background,
+        weight=weight,
+        ignore_index=ignore_index,
+        batch_dice=batch_dice,
+        request=request,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+    )
     I, P, G, w, present = _per_class(prep, stats, w, absent)
     loss = 1 - _heads.jaccard_score(I, P, G, smooth_nr, smooth_dr)
     return _heads.reduce_class_losses(loss, w, present, reduction, batch_dice)
@@ -215,8 +248,10 @@ def _check_tversky(alpha: float, beta: float, exponent: float) -> None:
     _inputs.check_nonnegative("alpha", alpha)
     _inputs.check_nonnegative("beta", beta)
     if alpha + beta <= 0:
-        raise ValueError(f"alpha + beta must be > 0 (alpha weighs false positives, beta false negatives), got "
-                         f"alpha={alpha}, beta={beta}")
+        raise ValueError(
+            f"alpha + beta must be > 0 (alpha weighs false positives, beta false negatives), got "
+            f"alpha={alpha}, beta={beta}"
+        )
     _inputs.check_nonnegative("exponent", exponent, positive=True)
 
 
@@ -255,14 +290,26 @@ def tversky_loss(
         >>> round(float(tversky_loss(x, t, alpha=0.3, beta=0.7)), 4)
         0.5
     """
-    _check_overlap_options(mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed,
-                           batch_dice)
+    _check_overlap_options(
+        mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed, batch_dice
+    )
     _check_tversky(alpha, beta, exponent)
     request = StatsRequest(soft_label=soft_label)
-    prep, stats, w = _overlap(input, target, mask, mode=mode, from_logits=from_logits,
-                              include_background=include_background, weight=weight, ignore_index=ignore_index,
-                              batch_dice=batch_dice, request=request, backend=backend, distributed=distributed,
-                              process_group=process_group)
+    prep, stats, w = _overlap(
+        input,
+        target,
+        mask,
+        mode=mode,
+        from_logits=from_logits,
+        include_background=include_background,
+        weight=weight,
+        ignore_index=ignore_index,
+        batch_dice=batch_dice,
+        request=request,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+    )
     I, P, G, w, present = _per_class(prep, stats, w, absent)
     loss = 1 - _heads.tversky_score(I, P, G, alpha, beta, smooth_nr, smooth_dr)
     loss = _heads.safe_pow(loss, exponent)
@@ -302,39 +349,91 @@ def generalized_dice_loss(
         >>> round(float(generalized_dice_loss(x, t)), 4)
         0.5
     """
-    _check_overlap_options(mode, reduction, smooth_nr, smooth_dr, backend, "include", ignore_index, distributed,
-                           batch_dice)
+    _check_overlap_options(
+        mode, reduction, smooth_nr, smooth_dr, backend, "include", ignore_index, distributed, batch_dice
+    )
     _inputs.check_choice("weighting", weighting, _inputs.WEIGHTINGS)
     request = StatsRequest(soft_label=soft_label)
-    prep, stats, _ = _overlap(input, target, mask, mode=mode, from_logits=from_logits,
-                              include_background=include_background, weight=None, ignore_index=ignore_index,
-                              batch_dice=batch_dice, request=request, backend=backend, distributed=distributed,
-                              process_group=process_group)
+    prep, stats, _ = _overlap(
+        input,
+        target,
+        mask,
+        mode=mode,
+        from_logits=from_logits,
+        include_background=include_background,
+        weight=None,
+        ignore_index=ignore_index,
+        batch_dice=batch_dice,
+        request=request,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+    )
     I, P, G, _, _ = _per_class(prep, stats, None, "include")
     loss = _heads.generalized_dice_loss(I, P, G, weighting, smooth_nr, smooth_dr)
     return _heads.reduce_groups(loss, reduction, batch_dice)
 
 
 def _compound(
-    input, target, mask, *, mode, from_logits, include_background, weight, ignore_index, batch_dice, squared, log,
-    smooth_nr, smooth_dr, absent, soft_label, reduction, backend, distributed, process_group, request,
-    lambda_dice, lambda_other, other,
+    input,
+    target,
+    mask,
+    *,
+    mode,
+    from_logits,
+    include_background,
+    weight,
+    ignore_index,
+    batch_dice,
+    squared,
+    log,
+    smooth_nr,
+    smooth_dr,
+    absent,
+    soft_label,
+    reduction,
+    backend,
+    distributed,
+    process_group,
+    request,
+    lambda_dice,
+    lambda_other,
+    other,
 ):
-    prep, stats, w = _overlap(input, target, mask, mode=mode, from_logits=from_logits,
-                              include_background=include_background, weight=weight, ignore_index=ignore_index,
-                              batch_dice=batch_dice, request=request, backend=backend, distributed=distributed,
-                              process_group=process_group)
+    prep, stats, w = _overlap(
+        input,
+        target,
+        mask,
+        mode=mode,
+        from_logits=from_logits,
+        include_background=include_background,
+        weight=weight,
+        ignore_index=ignore_index,
+        batch_dice=batch_dice,
+        request=request,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+    )
     I, P, G, wk, present = _per_class(prep, stats, w, absent)
     score = _heads.dice_score(I, P, G, smooth_nr, smooth_dr)
-    dice = _heads.reduce_class_losses(_heads.neg_log(score) if log else 1 - score, wk, present, reduction,
-                                      batch_dice)
+    dice = _heads.reduce_class_losses(
+        _heads.neg_log(score) if log else 1 - score, wk, present, reduction, batch_dice
+    )
     other_sums = stats.cross_entropy if other == "ce" else stats.focal
     # with a weight every multiclass target takes cross_entropy's class-index mean, sum w_c E_c / sum w_c G_c,
     # so index, one-hot and soft one-hot targets of the same labels give the same loss (cross_entropy divides
-    # probability targets by the positions, which is the same without a weight)
-    other_term = _heads.cross_entropy_term(other_sums, stats.target_volume, stats.count, w, mode=mode,
-                                           target_is_index=prep.target_is_index or w is not None,
-                                           reduction=reduction)
+    # probability targets by the positions, which is the same without a weight). With squared=True, G is
+    # sum g^2: the same for hard targets; for soft targets with a weight the normaliser is then sum w_c g_c^2.
+    other_term = _heads.cross_entropy_term(
+        other_sums,
+        stats.target_volume,
+        stats.count,
+        w,
+        mode=mode,
+        target_is_index=prep.target_is_index or w is not None,
+        reduction=reduction,
+    )
     return lambda_dice * dice + lambda_other * other_term, dice.detach(), other_term.detach()
 
 
@@ -379,36 +478,121 @@ def dice_ce_loss(
         >>> round(float(dice_ce_loss(x, t)), 4)   # 0.5 + log 2
         1.1931
     """
-    return _dice_ce(input, target, mask, mode=mode, from_logits=from_logits, include_background=include_background,
-                    weight=weight, ignore_index=ignore_index, batch_dice=batch_dice, squared=squared, log=log,
-                    smooth_nr=smooth_nr, smooth_dr=smooth_dr, absent=absent, soft_label=soft_label,
-                    reduction=reduction, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
-                    label_smoothing=label_smoothing, backend=backend, distributed=distributed,
-                    process_group=process_group)[0]
+    return _dice_ce(
+        input,
+        target,
+        mask,
+        mode=mode,
+        from_logits=from_logits,
+        include_background=include_background,
+        weight=weight,
+        ignore_index=ignore_index,
+        batch_dice=batch_dice,
+        squared=squared,
+        log=log,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        absent=absent,
+        soft_label=soft_label,
+        reduction=reduction,
+        lambda_dice=lambda_dice,
+        lambda_ce=lambda_ce,
+        label_smoothing=label_smoothing,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+    )[0]
 
 
-def _check_compound(reduction, name, mode, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed,
-                    batch_dice, **lambdas) -> None:
+def _check_compound(
+    reduction,
+    name,
+    mode,
+    smooth_nr,
+    smooth_dr,
+    backend,
+    absent,
+    ignore_index,
+    distributed,
+    batch_dice,
+    **lambdas,
+) -> None:
     _inputs.check_compound_reduction(reduction, name)
-    _check_overlap_options(mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed,
-                           batch_dice)
+    _check_overlap_options(
+        mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed, batch_dice
+    )
     for key, value in lambdas.items():
         _inputs.check_nonnegative(key, value)
 
 
-def _dice_ce(input, target, mask, *, mode, from_logits, include_background, weight, ignore_index, batch_dice, squared,
-             log, smooth_nr, smooth_dr, absent, soft_label, reduction, lambda_dice, lambda_ce, label_smoothing, backend,
-             distributed, process_group):
-    _check_compound(reduction, "DiceCELoss", mode, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed,
-                    batch_dice, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+def _dice_ce(
+    input,
+    target,
+    mask,
+    *,
+    mode,
+    from_logits,
+    include_background,
+    weight,
+    ignore_index,
+    batch_dice,
+    squared,
+    log,
+    smooth_nr,
+    smooth_dr,
+    absent,
+    soft_label,
+    reduction,
+    lambda_dice,
+    lambda_ce,
+    label_smoothing,
+    backend,
+    distributed,
+    process_group,
+):
+    _check_compound(
+        reduction,
+        "DiceCELoss",
+        mode,
+        smooth_nr,
+        smooth_dr,
+        backend,
+        absent,
+        ignore_index,
+        distributed,
+        batch_dice,
+        lambda_dice=lambda_dice,
+        lambda_ce=lambda_ce,
+    )
     _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
-    request = StatsRequest(squared=squared, soft_label=soft_label, cross_entropy=True,
-                           label_smoothing=float(label_smoothing))
-    return _compound(input, target, mask, mode=mode, from_logits=from_logits, include_background=include_background,
-                     weight=weight, ignore_index=ignore_index, batch_dice=batch_dice, squared=squared, log=log,
-                     smooth_nr=smooth_nr, smooth_dr=smooth_dr, absent=absent, soft_label=soft_label,
-                     reduction=reduction, backend=backend, distributed=distributed, process_group=process_group,
-                     request=request, lambda_dice=lambda_dice, lambda_other=lambda_ce, other="ce")
+    request = StatsRequest(
+        squared=squared, soft_label=soft_label, cross_entropy=True, label_smoothing=float(label_smoothing)
+    )
+    return _compound(
+        input,
+        target,
+        mask,
+        mode=mode,
+        from_logits=from_logits,
+        include_background=include_background,
+        weight=weight,
+        ignore_index=ignore_index,
+        batch_dice=batch_dice,
+        squared=squared,
+        log=log,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        absent=absent,
+        soft_label=soft_label,
+        reduction=reduction,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+        request=request,
+        lambda_dice=lambda_dice,
+        lambda_other=lambda_ce,
+        other="ce",
+    )
 
 
 def dice_focal_loss(
@@ -450,26 +634,98 @@ def dice_focal_loss(
         >>> round(float(dice_focal_loss(x, t, gamma=0.0)), 4)   # gamma = 0: Dice + CE
         1.1931
     """
-    return _dice_focal(input, target, mask, mode=mode, from_logits=from_logits,
-                       include_background=include_background, weight=weight, ignore_index=ignore_index,
-                       batch_dice=batch_dice, squared=squared, log=log, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-                       absent=absent, soft_label=soft_label, reduction=reduction, gamma=gamma,
-                       lambda_dice=lambda_dice, lambda_focal=lambda_focal, backend=backend,
-                       distributed=distributed, process_group=process_group)[0]
+    return _dice_focal(
+        input,
+        target,
+        mask,
+        mode=mode,
+        from_logits=from_logits,
+        include_background=include_background,
+        weight=weight,
+        ignore_index=ignore_index,
+        batch_dice=batch_dice,
+        squared=squared,
+        log=log,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        absent=absent,
+        soft_label=soft_label,
+        reduction=reduction,
+        gamma=gamma,
+        lambda_dice=lambda_dice,
+        lambda_focal=lambda_focal,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+    )[0]
 
 
-def _dice_focal(input, target, mask, *, mode, from_logits, include_background, weight, ignore_index, batch_dice,
-                squared, log, smooth_nr, smooth_dr, absent, soft_label, reduction, gamma, lambda_dice, lambda_focal,
-                backend, distributed, process_group):
-    _check_compound(reduction, "DiceFocalLoss", mode, smooth_nr, smooth_dr, backend, absent, ignore_index,
-                    distributed, batch_dice, lambda_dice=lambda_dice, lambda_focal=lambda_focal)
+def _dice_focal(
+    input,
+    target,
+    mask,
+    *,
+    mode,
+    from_logits,
+    include_background,
+    weight,
+    ignore_index,
+    batch_dice,
+    squared,
+    log,
+    smooth_nr,
+    smooth_dr,
+    absent,
+    soft_label,
+    reduction,
+    gamma,
+    lambda_dice,
+    lambda_focal,
+    backend,
+    distributed,
+    process_group,
+):
+    _check_compound(
+        reduction,
+        "DiceFocalLoss",
+        mode,
+        smooth_nr,
+        smooth_dr,
+        backend,
+        absent,
+        ignore_index,
+        distributed,
+        batch_dice,
+        lambda_dice=lambda_dice,
+        lambda_focal=lambda_focal,
+    )
     _inputs.check_nonnegative("gamma", gamma)
     request = StatsRequest(squared=squared, soft_label=soft_label, focal_gamma=float(gamma))
-    return _compound(input, target, mask, mode=mode, from_logits=from_logits, include_background=include_background,
-                     weight=weight, ignore_index=ignore_index, batch_dice=batch_dice, squared=squared, log=log,
-                     smooth_nr=smooth_nr, smooth_dr=smooth_dr, absent=absent, soft_label=soft_label,
-                     reduction=reduction, backend=backend, distributed=distributed, process_group=process_group,
-                     request=request, lambda_dice=lambda_dice, lambda_other=lambda_focal, other="focal")
+    return _compound(
+        input,
+        target,
+        mask,
+        mode=mode,
+        from_logits=from_logits,
+        include_background=include_background,
+        weight=weight,
+        ignore_index=ignore_index,
+        batch_dice=batch_dice,
+        squared=squared,
+        log=log,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        absent=absent,
+        soft_label=soft_label,
+        reduction=reduction,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+        request=request,
+        lambda_dice=lambda_dice,
+        lambda_other=lambda_focal,
+        other="focal",
+    )
 
 
 __all__ = [

@@ -64,8 +64,18 @@ class _OverlapLoss(nn.Module):
         _reductions: Sequence[str] = _inputs.REDUCTIONS,
     ) -> None:
         super().__init__()
-        _check_overlap_options(mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed,
-                               batch_dice, _reductions)
+        _check_overlap_options(
+            mode,
+            reduction,
+            smooth_nr,
+            smooth_dr,
+            backend,
+            absent,
+            ignore_index,
+            distributed,
+            batch_dice,
+            _reductions,
+        )
         self.mode = mode
         self.from_logits = from_logits
         self.include_background = include_background
@@ -104,14 +114,17 @@ class _OverlapLoss(nn.Module):
 
 
 class DiceLoss(_OverlapLoss):
-    __doc__ = r"""Dice loss, per class ``1 - D`` (``-log D`` with ``log=True``)::
+    __doc__ = (
+        r"""Dice loss, per class ``1 - D`` (``-log D`` with ``log=True``)::
 
         D = (2 I + s_nr) / (P + G + s_dr),   I = sum p g,  P = sum p^q,  G = sum g^q
 
     with q = 2 for ``squared=True`` (V-Net), sums over the valid positions of a sample (or of the
     batch with ``batch_dice``). Range: [0, 1]; [0, 17.12] with ``log=True``
     (``-log D`` down to D = 1e-7, continued by its tangent line, so the gradient never vanishes).
-    """ + _COMMON_DOC + """        squared: V-Net denominator sum p^2 + sum g^2.
+    """
+        + _COMMON_DOC
+        + """        squared: V-Net denominator sum p^2 + sum g^2.
         log: ``-log D`` per class instead of ``1 - D``.
 
     Shape:
@@ -124,8 +137,11 @@ class DiceLoss(_OverlapLoss):
         >>> t = torch.randint(0, 3, (2, 8, 8))
         >>> loss(x, t).backward()
     """
+    )
 
-    def __init__(self, mode: str = "multiclass", *, squared: bool = False, log: bool = False, **kwargs) -> None:
+    def __init__(
+        self, mode: str = "multiclass", *, squared: bool = False, log: bool = False, **kwargs
+    ) -> None:
         super().__init__(mode, **kwargs)
         self.squared = squared
         self.log = log
@@ -135,12 +151,15 @@ class DiceLoss(_OverlapLoss):
 
 
 class JaccardLoss(_OverlapLoss):
-    __doc__ = r"""Jaccard (soft IoU) loss, per class ``1 - J``, ``J = (I + s_nr) / (P + G - I + s_dr)``.
+    __doc__ = (
+        r"""Jaccard (soft IoU) loss, per class ``1 - J``, ``J = (I + s_nr) / (P + G - I + s_dr)``.
     Range: [0, 1].
 
     MONAI's ``DiceLoss(jaccard=True)`` computes ``(2I + s) / (2(P + G - I) + s)`` instead: the same
     value up to how the smoothing enters.
-    """ + _COMMON_DOC + """
+    """
+        + _COMMON_DOC
+        + """
     Example:
         >>> loss = JaccardLoss(mode="multilabel")
         >>> x = torch.randn(2, 3, 16)
@@ -148,20 +167,24 @@ class JaccardLoss(_OverlapLoss):
         >>> 0 <= float(loss(x, t)) <= 1
         True
     """
+    )
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         return functional.jaccard_loss(input, target, mask, **self._common())
 
 
 class TverskyLoss(_OverlapLoss):
-    __doc__ = r"""Tversky loss, per class ``(1 - T) ** exponent`` (focal Tversky for exponent != 1)::
+    __doc__ = (
+        r"""Tversky loss, per class ``(1 - T) ** exponent`` (focal Tversky for exponent != 1)::
 
         T = (I + s_nr) / (I + alpha (P - I) + beta (G - I) + s_dr)
 
     ``alpha`` weighs false positives, ``beta`` false negatives; alpha = beta = 0.5 gives Dice,
     alpha = beta = 1 Jaccard. The exponent applies per class, before the class mean (Abraham & Khan,
     2019). Range: [0, 1].
-    """ + _COMMON_DOC + """        alpha, beta: >= 0, not both 0.
+    """
+        + _COMMON_DOC
+        + """        alpha, beta: >= 0, not both 0.
         exponent: > 0; 0.75 is the focal Tversky of the paper.
 
     Example:
@@ -171,16 +194,25 @@ class TverskyLoss(_OverlapLoss):
         >>> float(loss(x, t)) > 0
         True
     """
+    )
 
-    def __init__(self, mode: str = "multiclass", *, alpha: float = 0.5, beta: float = 0.5, exponent: float = 1.0,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        mode: str = "multiclass",
+        *,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        exponent: float = 1.0,
+        **kwargs,
+    ) -> None:
         super().__init__(mode, **kwargs)
         _check_tversky(alpha, beta, exponent)
         self.alpha, self.beta, self.exponent = alpha, beta, exponent
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return functional.tversky_loss(input, target, mask, alpha=self.alpha, beta=self.beta, exponent=self.exponent,
-                                       **self._common())
+        return functional.tversky_loss(
+            input, target, mask, alpha=self.alpha, beta=self.beta, exponent=self.exponent, **self._common()
+        )
 
 
 class GeneralizedDiceLoss(nn.Module):
@@ -221,13 +253,23 @@ class GeneralizedDiceLoss(nn.Module):
         process_group=None,
     ) -> None:
         super().__init__()
-        _check_overlap_options(mode, reduction, smooth_nr, smooth_dr, backend, "include", ignore_index, distributed,
-                               batch_dice)
+        _check_overlap_options(
+            mode, reduction, smooth_nr, smooth_dr, backend, "include", ignore_index, distributed, batch_dice
+        )
         _inputs.check_choice("weighting", weighting, _inputs.WEIGHTINGS)
         self.options = dict(
-            mode=mode, from_logits=from_logits, include_background=include_background, ignore_index=ignore_index,
-            batch_dice=batch_dice, weighting=weighting, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-            soft_label=soft_label, reduction=reduction, backend=backend, distributed=distributed,
+            mode=mode,
+            from_logits=from_logits,
+            include_background=include_background,
+            ignore_index=ignore_index,
+            batch_dice=batch_dice,
+            weighting=weighting,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            soft_label=soft_label,
+            reduction=reduction,
+            backend=backend,
+            distributed=distributed,
             process_group=process_group,
         )
 
@@ -246,7 +288,8 @@ class _CompoundLoss(_OverlapLoss):
 
 
 class DiceCELoss(_CompoundLoss):
-    __doc__ = r"""``lambda_dice * DiceLoss + lambda_ce * cross-entropy``.
+    __doc__ = (
+        r"""``lambda_dice * DiceLoss + lambda_ce * cross-entropy``.
 
     The cross-entropy is ``torch.nn.functional.cross_entropy`` in multiclass mode (same ``weight``,
     ``ignore_index`` and ``label_smoothing`` semantics; with a ``weight``, one-hot and soft targets
@@ -255,7 +298,9 @@ class DiceCELoss(_CompoundLoss):
     multilabel modes, with ``weight`` a per-channel factor. ``mask`` removes positions from both.
     ``reduction``: "mean" or "sum" only. ``components`` holds the detached ``dice`` and ``ce`` terms
     of the last call, for logging. Range: [0, inf).
-    """ + _COMMON_DOC + """        squared, log: as in :class:`DiceLoss`.
+    """
+        + _COMMON_DOC
+        + """        squared, log: as in :class:`DiceLoss`.
         lambda_dice, lambda_ce: non-negative factors of the two terms.
         label_smoothing: in [0, 1], as in ``cross_entropy`` (binary: targets move towards 1/2).
 
@@ -267,35 +312,67 @@ class DiceCELoss(_CompoundLoss):
         >>> sorted(loss.components)
         ['ce', 'dice']
     """
+    )
 
-    def __init__(self, mode: str = "multiclass", *, squared: bool = False, log: bool = False,
-                 reduction: str = "mean", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
-                 label_smoothing: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self,
+        mode: str = "multiclass",
+        *,
+        squared: bool = False,
+        log: bool = False,
+        reduction: str = "mean",
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 1.0,
+        label_smoothing: float = 0.0,
+        **kwargs,
+    ) -> None:
         _inputs.check_compound_reduction(reduction, "DiceCELoss")
         super().__init__(mode, squared, log, reduction, **kwargs)
-        _check_compound(reduction, "DiceCELoss", mode, self.smooth_nr, self.smooth_dr, self.backend, self.absent,
-                        self.ignore_index, self.distributed, self.batch_dice, lambda_dice=lambda_dice,
-                        lambda_ce=lambda_ce)
+        _check_compound(
+            reduction,
+            "DiceCELoss",
+            mode,
+            self.smooth_nr,
+            self.smooth_dr,
+            self.backend,
+            self.absent,
+            self.ignore_index,
+            self.distributed,
+            self.batch_dice,
+            lambda_dice=lambda_dice,
+            lambda_ce=lambda_ce,
+        )
         _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
         self.lambda_dice, self.lambda_ce, self.label_smoothing = lambda_dice, lambda_ce, label_smoothing
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         total, dice, ce = functional._dice_ce(
-            input, target, mask, squared=self.squared, log=self.log, lambda_dice=self.lambda_dice,
-            lambda_ce=self.lambda_ce, label_smoothing=self.label_smoothing, **self._common())
+            input,
+            target,
+            mask,
+            squared=self.squared,
+            log=self.log,
+            lambda_dice=self.lambda_dice,
+            lambda_ce=self.lambda_ce,
+            label_smoothing=self.label_smoothing,
+            **self._common(),
+        )
         self.components = {"dice": dice, "ce": ce}
         return total
 
 
 class DiceFocalLoss(_CompoundLoss):
-    __doc__ = r"""``lambda_dice * DiceLoss + lambda_focal * focal loss``.
+    __doc__ = (
+        r"""``lambda_dice * DiceLoss + lambda_focal * focal loss``.
 
     The focal term is a softmax focal loss in multiclass mode,
     ``-sum_c w_c g_c (1 - p_c)^gamma log p_c`` per position, and a sigmoid one per element otherwise,
     reduced like the cross-entropy of :class:`DiceCELoss` (which it equals at ``gamma=0``).
     ``reduction``: "mean" or "sum" only. ``components`` holds the detached ``dice`` and ``focal``
     terms of the last call. Range: [0, inf).
-    """ + _COMMON_DOC + """        squared, log: as in :class:`DiceLoss`.
+    """
+        + _COMMON_DOC
+        + """        squared, log: as in :class:`DiceLoss`.
         gamma: focusing parameter, >= 0.
         lambda_dice, lambda_focal: non-negative factors of the two terms.
 
@@ -306,22 +383,51 @@ class DiceFocalLoss(_CompoundLoss):
         >>> float(loss(x, t)) > 0
         True
     """
+    )
 
-    def __init__(self, mode: str = "multiclass", *, squared: bool = False, log: bool = False,
-                 reduction: str = "mean", gamma: float = 2.0, lambda_dice: float = 1.0, lambda_focal: float = 1.0,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        mode: str = "multiclass",
+        *,
+        squared: bool = False,
+        log: bool = False,
+        reduction: str = "mean",
+        gamma: float = 2.0,
+        lambda_dice: float = 1.0,
+        lambda_focal: float = 1.0,
+        **kwargs,
+    ) -> None:
         _inputs.check_compound_reduction(reduction, "DiceFocalLoss")
         super().__init__(mode, squared, log, reduction, **kwargs)
-        _check_compound(reduction, "DiceFocalLoss", mode, self.smooth_nr, self.smooth_dr, self.backend, self.absent,
-                        self.ignore_index, self.distributed, self.batch_dice, lambda_dice=lambda_dice,
-                        lambda_focal=lambda_focal)
+        _check_compound(
+            reduction,
+            "DiceFocalLoss",
+            mode,
+            self.smooth_nr,
+            self.smooth_dr,
+            self.backend,
+            self.absent,
+            self.ignore_index,
+            self.distributed,
+            self.batch_dice,
+            lambda_dice=lambda_dice,
+            lambda_focal=lambda_focal,
+        )
         _inputs.check_nonnegative("gamma", gamma)
         self.gamma, self.lambda_dice, self.lambda_focal = gamma, lambda_dice, lambda_focal
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         total, dice, focal = functional._dice_focal(
-            input, target, mask, squared=self.squared, log=self.log, gamma=self.gamma, lambda_dice=self.lambda_dice,
-            lambda_focal=self.lambda_focal, **self._common())
+            input,
+            target,
+            mask,
+            squared=self.squared,
+            log=self.log,
+            gamma=self.gamma,
+            lambda_dice=self.lambda_dice,
+            lambda_focal=self.lambda_focal,
+            **self._common(),
+        )
         self.components = {"dice": dice, "focal": focal}
         return total
 

@@ -39,8 +39,14 @@ def _labels_multiclass(input: Tensor, target: Tensor, num_classes: int | None):
         pred = input.argmax(dim=1)
     else:
         if input.dtype == torch.bool:
-            raise TypeError("multiclass predictions must be class indices (integer) or scores (float), got bool")
-        pred = input[:, 0] if input.ndim >= 3 and input.shape[1] == 1 and target.ndim == input.ndim - 1 else input
+            raise TypeError(
+                "multiclass predictions must be class indices (integer) or scores (float), got bool"
+            )
+        pred = (
+            input[:, 0]
+            if input.ndim >= 3 and input.shape[1] == 1 and target.ndim == input.ndim - 1
+            else input
+        )
         spatial = tuple(pred.shape[1:])
     B = pred.shape[0]
     if target.is_floating_point() and target.ndim == len(spatial) + 2 and target.shape[1] not in (1,):
@@ -104,7 +110,9 @@ def hard_counts(
         if mode == "binary" and pred.numel() == target.numel() and pred.shape[0] == target.shape[0]:
             target = target.reshape(pred.shape)
         else:
-            raise ValueError(f"prediction {tuple(input.shape)} and target {tuple(target.shape)} must have one shape")
+            raise ValueError(
+                f"prediction {tuple(input.shape)} and target {tuple(target.shape)} must have one shape"
+            )
     B = pred.shape[0]
     C = 1 if mode == "binary" else pred.shape[1]
     valid = torch.ones_like(pred) if ignore_index is None else target != ignore_index
@@ -166,8 +174,15 @@ def dice_score(
         tensor([[1.0000, 0.6667, 0.6667]], dtype=torch.float64)
     """
     _check_metric_options(empty, reduction)
-    I, P, G = hard_counts(input, target, mode=mode, threshold=threshold, from_logits=from_logits,
-                          ignore_index=ignore_index, num_classes=num_classes)
+    I, P, G = hard_counts(
+        input,
+        target,
+        mode=mode,
+        threshold=threshold,
+        from_logits=from_logits,
+        ignore_index=ignore_index,
+        num_classes=num_classes,
+    )
     return _finish(_score(2 * I, P + G, empty), include_background, mode, reduction)
 
 
@@ -193,8 +208,15 @@ def iou_score(
         tensor([[1.0000, 0.5000, 0.5000]], dtype=torch.float64)
     """
     _check_metric_options(empty, reduction)
-    I, P, G = hard_counts(input, target, mode=mode, threshold=threshold, from_logits=from_logits,
-                          ignore_index=ignore_index, num_classes=num_classes)
+    I, P, G = hard_counts(
+        input,
+        target,
+        mode=mode,
+        threshold=threshold,
+        from_logits=from_logits,
+        ignore_index=ignore_index,
+        num_classes=num_classes,
+    )
     return _finish(_score(I, P + G - I, empty), include_background, mode, reduction)
 
 
@@ -238,20 +260,31 @@ class DiceMetric:
         self.reset()
 
     def reset(self) -> None:
-        self._state: Tensor | None = None  # (4, C): sum of per-sample Dice, samples counted, sum 2I, sum P + G
+        self._state: Tensor | None = (
+            None  # (4, C): sum of per-sample Dice, samples counted, sum 2I, sum P + G
+        )
 
     @torch.no_grad()
     def update(self, input: Tensor, target: Tensor) -> None:
-        I, P, G = hard_counts(input, target, mode=self.mode, threshold=self.threshold, from_logits=self.from_logits,
-                              ignore_index=self.ignore_index, num_classes=self.num_classes)
+        I, P, G = hard_counts(
+            input,
+            target,
+            mode=self.mode,
+            threshold=self.threshold,
+            from_logits=self.from_logits,
+            ignore_index=self.ignore_index,
+            num_classes=self.num_classes,
+        )
         per_sample = _score(2 * I, P + G, "nan")
         counted = ~torch.isnan(per_sample)
-        state = torch.stack([
-            torch.where(counted, per_sample, torch.zeros_like(per_sample)).sum(0),
-            counted.double().sum(0),
-            (2 * I).double().sum(0),
-            (P + G).double().sum(0),
-        ])
+        state = torch.stack(
+            [
+                torch.where(counted, per_sample, torch.zeros_like(per_sample)).sum(0),
+                counted.double().sum(0),
+                (2 * I).double().sum(0),
+                (P + G).double().sum(0),
+            ]
+        )
         if self._state is not None and self._state.shape != state.shape:
             raise ValueError(f"update with {state.shape[1]} classes after {self._state.shape[1]}")
         self._state = state if self._state is None else self._state + state
@@ -270,8 +303,11 @@ class DiceMetric:
             score = _score(state[0], state[1], "nan")
         else:
             score = _score(state[2], state[3], "nan")
-        return _finish(score[None], self.include_background, self.mode, reduction)[0] if reduction == "none" else \
-            _finish(score[None], self.include_background, self.mode, "mean")
+        return (
+            _finish(score[None], self.include_background, self.mode, reduction)[0]
+            if reduction == "none"
+            else _finish(score[None], self.include_background, self.mode, "mean")
+        )
 
 
 __all__ = ["dice_score", "iou_score", "hard_counts", "DiceMetric"]

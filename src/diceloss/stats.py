@@ -103,7 +103,9 @@ def compute_stats(
     _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
     if focal_gamma is not None:
         _inputs.check_nonnegative("focal_gamma", focal_gamma)
-    prep = _inputs.prepare(input, target, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask)
+    prep = _inputs.prepare(
+        input, target, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask
+    )
     request = StatsRequest(
         squared=squared,
         soft_label=soft_label,

@@ -69,7 +69,9 @@ def select_backend(name: str, prep, request) -> ModuleType:
                 return mod
         raise RuntimeError("no diceloss backend supports this call")  # reference supports everything
     if name not in _MODULES:
-        raise ValueError(f"backend must be one of 'auto', {', '.join(repr(n) for n in _MODULES)}; got {name!r}")
+        raise ValueError(
+            f"backend must be one of 'auto', {', '.join(repr(n) for n in _MODULES)}; got {name!r}"
+        )
     mod = _load(name)
     if mod is None:
         raise ValueError(f"backend {name!r} is not available on this installation")

@@ -47,8 +47,9 @@ def _focal_pow(base: Tensor, gamma: float) -> Tensor:
     if gamma == 0:
         return torch.ones_like(base)
     positive = base > 0
-    return torch.where(positive, torch.where(positive, base, torch.ones_like(base)).pow(gamma),
-                       torch.zeros_like(base))
+    return torch.where(
+        positive, torch.where(positive, base, torch.ones_like(base)).pow(gamma), torch.zeros_like(base)
+    )
 
 
 def dense_target(prep: Prepared, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -3,14 +3,14 @@
 Generated sets (:func:`make_synthetic`) imitate a typical medical segmentation task, deterministically
 by seed:
 
-====  ==========  ====================================================  ==============
-cls   name        what                                                   share of area
-====  ==========  ====================================================  ==============
-0     background  smooth bias field, bright "distractor" spots            ~ 80 %
-1     organ       one large ellipse / rounded box, varied size and pose  ~ 15 %
-2     vessel      one or two thin elongated structures, darker           ~ 3 %
-3     lesion      0-3 tiny blobs *inside the organ*, brighter             ~ 0.3 %
-====  ==========  ====================================================  ==============
+====  ==========  ====================================================  ==================
+cls   name        what                                                  share of area (2D)
+====  ==========  ====================================================  ==================
+0     background  smooth bias field, bright "distractor" spots          ~ 79 %
+1     organ       one large ellipse / rounded box, varied size and pose ~ 16 %
+2     vessel      one or two thin elongated structures, darker          ~ 4 %
+3     lesion      0-3 tiny blobs *inside the organ*, brighter           ~ 1 %
+====  ==========  ====================================================  ==================
 
 Lesions look like the distractor spots in the background: telling them apart needs the context (inside
 the organ or not), as in real lesion segmentation. The image is blurred (partial volume) and noisy.
