@@ -137,6 +137,16 @@ def test_load_folder_errors(tmp_path):
         load_folder(tmp_path)
 
 
+def test_load_folder_rejects_colour_label_png(tmp_path):
+    from PIL import Image
+
+    _write_pairs(tmp_path, "png", n=2)
+    rgb = np.zeros((20, 22, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "labels" / "case1.png")
+    with pytest.raises(ValueError, match="one channel"):
+        load_folder(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------
 # model, losses, sharding
 
@@ -338,24 +348,13 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         assert len(set(np.round(r_one.loss_history, 6))) > 1
 
 
-def test_tiny_class_is_learnt_by_dice_loss():
-    """A small but real run: DiceLoss (batch Dice) on 32x32 images, 120 steps of 8, reaches Dice >= 0.5 on the
-    lesion class (0.4 % of the pixels); see the README for the full-size numbers of ``make demo``."""
-    cfg = DemoConfig(
-        size=32,
-        n_train=96,
-        n_val=24,
-        steps=120,
-        batch_size=8,
-        width=8,
-        depth=3,
-        val_every=120,
-        losses=("dice",),
-        out=None,
-        progress=False,
-        seed=0,
-    )
+def test_tiny_class_is_learnt_by_dice_ce_loss():
+    """A small but real run: DiceCELoss (batch Dice) on the default data (48x48, lesions ~1 % of the pixels),
+    160 steps of 8 instead of 240, reaches Dice >= 0.5 on the lesion class (0.78 measured; it rises from
+    0 between steps 40 and 80). CE alone stays near 0 there; ``make demo`` prints the full comparison."""
+    cfg = DemoConfig(steps=160, losses=("dicece",), out=None, progress=False, val_every=160, seed=0)
     summary = run_demo(cfg, log=lambda *a: None)
+    assert summary["tiny_class"] == 3 and summary["class_names"][3] == "lesion"
     lesion = summary["runs"][0].dice_mean[3]
-    assert summary["tiny_class"] == 3
     assert lesion >= 0.5, f"lesion Dice {lesion:.3f}"
+    assert summary["ok"]

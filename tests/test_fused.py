@@ -427,3 +427,14 @@ def test_compile_fullgraph_sees_one_op(path):
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(xx.grad, xe.grad)
     torch._dynamo.reset()
+
+
+def test_legacy_function_without_custom_op(path, monkeypatch):
+    # torch < 2.4 has no torch.library.custom_op: the same implementation runs as an autograd.Function
+    monkeypatch.setattr(fused, "_OPS", fused._LegacyOps())
+    x, t, kw = make_case("index_ignore", 2, 3, (9, 7), torch.float64)
+    compare(x, t, dict(kw, cross_entropy=True, squared=True), torch.float64)
+    xx = x.clone().requires_grad_()
+    s = compute_stats(xx, t, backend="fused", **kw)
+    with pytest.raises(RuntimeError, match='backend="reference"'):
+        torch.autograd.grad(s.intersection.sum(), xx, create_graph=True)

@@ -161,8 +161,8 @@ def test_dice_metric_accumulates_over_batches():
     _close(m.compute(reduction="none"), [(1 + 0) / 2, (2 / 3 + 6 / 7) / 2, 2 / 3])
     assert float(m.compute()) == pytest.approx((0.5 + (2 / 3 + 6 / 7) / 2 + 2 / 3) / 3)
     m.reset()
-    with pytest.raises(RuntimeError, match="before any update"):
-        m.compute()
+    # nothing seen since the reset: no class has a value (a rank without data still joins the all-reduce)
+    assert torch.isnan(m.compute(reduction="none")).all()
 
 
 def test_dice_metric_global_aggregation():
@@ -191,3 +191,11 @@ def test_dice_metric_options():
     m.update(torch.randn(1, 3, 4), GT)
     with pytest.raises(ValueError, match="update with 4 classes after 3"):
         m.update(torch.randn(1, 4, 4), GT)
+
+
+def test_dice_metric_without_update_gives_nan_per_class_with_num_classes_and_raises_without():
+    metric = DiceMetric(mode="multiclass", num_classes=3)
+    out = metric.compute(reduction="none")
+    assert out.shape == (3,) and torch.isnan(out).all()
+    with pytest.raises(RuntimeError, match="num_classes"):
+        DiceMetric(mode="multiclass").compute()

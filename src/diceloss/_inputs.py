@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -63,6 +64,10 @@ def set_value_checks(enabled: bool | None) -> bool | None:
 
 
 def _is_compiling() -> bool:
+    # Nothing is being traced if dynamo was never imported; asking torch.compiler would import it (and
+    # Triton with it), a second of start-up for every process.
+    if "torch._dynamo" not in sys.modules:
+        return False
     try:
         return bool(torch.compiler.is_compiling())
     except AttributeError:  # torch < 2.3

@@ -8,6 +8,20 @@ Under ``DistributedDataParallel`` every rank computes the same loss L, so each r
 gradient is ``world_size * dL/d(local)``; DDP's averaging of the parameter gradients divides that
 back, giving exactly the single-process gradient on the union of the batches, whatever the
 local batch sizes.
+
+Verified by ``tests/test_distributed.py`` (2 and 3 gloo processes, float64, every loss, equal and
+unequal local batches, a rank whose batch holds background only, a subgroup as ``process_group``):
+losses equal the single-process loss and DDP parameter gradients the single-process gradients to
+~1e-15. Every rank must call the loss the same number of times: each call is a collective. Outside
+an initialised process group everything here is the identity, so one script runs with and without
+``torchrun``.
+
+Example:
+    >>> import torch
+    >>> from diceloss.distributed import all_reduce_sum
+    >>> v = torch.ones(3, requires_grad=True)
+    >>> all_reduce_sum(v) is v          # no process group: the identity
+    True
 """
 
 from __future__ import annotations
@@ -35,8 +49,15 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
-    """Differentiable all-reduce (sum); the identity when torch.distributed is not initialised."""
+    """Differentiable all-reduce (sum) over ``group`` (default: the whole world).
+
+    Forward: the sum over the ranks, on every rank. Backward: the sum over the ranks of the upstream
+    gradients (the gradient of the sum of every rank's loss). The identity when torch.distributed is
+    not initialised or the group has one rank.
+    """
     if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    if dist.get_world_size(group) == 1:
         return tensor
     return _AllReduceSum.apply(tensor, group)
 

@@ -291,12 +291,23 @@ class DiceMetric:
 
     def compute(self, reduction: str = "mean") -> Tensor:
         _inputs.check_choice("reduction", reduction, ("none", "mean"))
-        if self._state is None:
-            raise RuntimeError("DiceMetric.compute() called before any update()")
-        state = self._state
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        distributed = dist.is_available() and dist.is_initialized()
+        state = self._state
+        if state is None:
+            # A rank that saw no batch must still join the all-reduce, with zeros, or the others hang.
+            if self.num_classes is None and self.mode != "binary":
+                raise RuntimeError(
+                    "DiceMetric.compute() called before any update(); pass num_classes to the constructor so that "
+                    "a rank without data can contribute zeros"
+                )
+            classes = 1 if self.mode == "binary" else self.num_classes
+            device = torch.device("cpu")
+            if distributed and dist.get_backend(self.process_group) == "nccl":
+                device = torch.device("cuda", torch.cuda.current_device())
+            state = torch.zeros(4, classes, dtype=torch.float64, device=device)
+        if distributed:
             state = state.clone()
             dist.all_reduce(state, group=self.process_group)
         if self.aggregation == "sample":

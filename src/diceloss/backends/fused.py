@@ -14,7 +14,8 @@ The only full-size tensor it allocates is dL/dx. Two implementations sit behind 
 * the compiled C++ kernel (:mod:`diceloss.backends._cpu_kernel`): one pass for the statistics, one
   for the gradient, vectorised exp, all cores; it covers softmax with class-index or dense targets and
   sigmoid with dense targets, with ``ignore_index``, masks, ``squared`` and the cross-entropy (with
-  label smoothing), for float32, float64, float16 and bfloat16 input on the CPU;
+  label smoothing), for float32, float64, float16 and bfloat16 input on the CPU (a class index out of
+  range, possible only when value checks are off, counts as an ignored position there);
 * a pure-PyTorch path that processes the positions in chunks (temporaries bounded by
   :func:`chunk_positions`): everything else (probability input, ``soft_label``, the focal term, CUDA
   tensors) and every call when the kernel is off (``DICELOSS_NO_CPP=1``) or could not be built.
@@ -122,12 +123,15 @@ def _is_compiling() -> bool:
 # the two implementations
 
 
-def chunk_positions(B: int, C: int, N: int, itemsize: int = 4) -> int:
+def chunk_positions(B: int, C: int, N: int, itemsize: int = 4, device_type: str = "cpu") -> int:
     """Positions per chunk of the pure-PyTorch path: about 1 MiB per temporary, never above 1/64 of
-    the logits (so a dozen temporaries stay under a fifth of the logits), at least 256 positions."""
+    the logits (so a dozen temporaries stay under a fifth of the logits), at least 256 positions.
+    On a GPU (no Triton) the 1 MiB cap is dropped: there, fewer and larger launches are what is fast."""
+    by_fraction = N // 64
+    if device_type != "cpu":
+        return max(_MIN_CHUNK, by_fraction)
     per_position = max(1, B * C * max(itemsize, 4))
     by_budget = _CHUNK_BYTES // per_position
-    by_fraction = N // 64
     return max(_MIN_CHUNK, min(by_budget, by_fraction))
 
 
@@ -198,7 +202,7 @@ def _stats_impl(x: Tensor, target: Tensor, mask: Tensor | None, mode: str, activ
                            label_smoothing=label_smoothing, focal_gamma=focal_gamma)
     out = torch.zeros(B, C, NSTAT, dtype=compute_dtype(x.dtype), device=x.device)
     with torch.no_grad():
-        for n0, n1 in _chunks(N, chunk_positions(B, C, N, x.element_size())):
+        for n0, n1 in _chunks(N, chunk_positions(B, C, N, x.element_size(), x.device.type)):
             tc, mc = _slice(target, mask, n0, n1)
             s = reference.compute(
                 _chunk_prep(x[..., n0:n1], tc, mc, mode, activation, ignore_index, index_target), request
@@ -326,7 +330,7 @@ def _backward_impl(coef: Tensor, x: Tensor, target: Tensor, mask: Tensor | None,
         return kernel.stats_backward(coef.contiguous(), x, _kernel_target(x, target, index_target), mask, *args)
     B, C, N = x.shape
     grad = torch.empty_like(x)
-    for n0, n1 in _chunks(N, chunk_positions(B, C, N, x.element_size())):
+    for n0, n1 in _chunks(N, chunk_positions(B, C, N, x.element_size(), x.device.type)):
         tc, mc = _slice(target, mask, n0, n1)
         grad[..., n0:n1] = _chunk_grad(coef, x[..., n0:n1], tc, mc, mode, activation, ignore_index, squared,
                                        soft_label, cross_entropy, label_smoothing, focal_gamma)
@@ -390,10 +394,33 @@ def _register():
     return torch.ops.diceloss
 
 
+class _LegacyOps:
+    """torch < 2.4 has no torch.library.custom_op: the same implementation as a plain autograd.Function
+    (eager mode only; torch.compile then traces into it)."""
+
+    class _Stats(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, target, mask, *options):
+            ctx.save_for_backward(x, target, mask)
+            ctx.options = options
+            return _stats_impl(x, target, mask, *options)
+
+        @staticmethod
+        def backward(ctx, grad):
+            if torch.is_grad_enabled():
+                raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+            x, target, mask = ctx.saved_tensors
+            return (_backward_impl(grad, x, target, mask, *ctx.options),) + (None,) * 10
+
+    @staticmethod
+    def fused_stats(*args):
+        return _LegacyOps._Stats.apply(*args)
+
+
 def _ops():
     global _OPS
     if _OPS is None:
-        _OPS = _register()
+        _OPS = _register() if hasattr(torch.library, "custom_op") else _LegacyOps()
     return _OPS
 
 

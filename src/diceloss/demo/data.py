@@ -124,7 +124,9 @@ def _one_sample(size: int, dims: int, gen: torch.Generator, noise: float, blur: 
     label = torch.zeros(shape, dtype=torch.int64)
     u = lambda lo, hi, n=1: lo + (hi - lo) * torch.rand(n, generator=gen)  # noqa: E731
 
-    min_r = 1.0 if dims == 2 else 1.5  # 3D structures of radius 1 would be a handful of voxels
+    # 3D structures of radius 1 would be a handful of voxels, too few to learn from in a short demo
+    min_r = 1.0 if dims == 2 else 1.5
+    spot_r = 1.0 if dims == 2 else 2.0
     # organ: large, off-centre, varied aspect and pose
     organ_axes = u(0.17, 0.3, dims) * size
     centre = u(0.35, 0.65, dims) * size
@@ -148,7 +150,7 @@ def _one_sample(size: int, dims: int, gen: torch.Generator, noise: float, blur: 
     for _ in range(n_lesions if inside.numel() else 0):
         pick = inside[int(torch.randint(0, inside.numel(), (1,), generator=gen))]
         c = torch.tensor(np.unravel_index(int(pick), shape), dtype=torch.float32)
-        r = (u(0.035, 0.06, dims) * size).clamp_min(min_r)
+        r = (u(0.035, 0.06, dims) * size).clamp_min(spot_r)
         les = _blob(grid, c, r, _rotation(dims, gen), 2.0)
         label[les] = 3
         image[les] = 2.2
@@ -156,7 +158,7 @@ def _one_sample(size: int, dims: int, gen: torch.Generator, noise: float, blur: 
     # distractors: the same bright spots, in the background (label stays 0)
     for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
         c = u(0.05, 0.95, dims) * size
-        r = (u(0.035, 0.06, dims) * size).clamp_min(min_r)
+        r = (u(0.035, 0.06, dims) * size).clamp_min(spot_r)
         spot = _blob(grid, c, r, _rotation(dims, gen), 2.0) & (label == 0)
         image[spot] = 1.2
 
@@ -298,6 +300,8 @@ def load_folder(
     xs, ys = [], []
     for name in names:
         y = _read_array(labels[name], "label")
+        if labels[name].name.lower().endswith(".png") and y.ndim != 2:
+            raise ValueError(f"{labels[name]}: a label PNG must have one channel (L, P or I), got {y.shape}")
         if y.ndim not in (2, 3):
             raise ValueError(f"{labels[name]}: a label map must be 2D or 3D, got shape {y.shape}")
         if not (np.issubdtype(y.dtype, np.integer) or np.array_equal(y, np.round(y))):

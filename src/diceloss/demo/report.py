@@ -157,6 +157,10 @@ def save_figure(
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(title, fontsize=9)
-    fig.suptitle("diceloss demo: " + ", ".join(f"{c}={n}" for c, n in enumerate(class_names)), fontsize=10)
+    from matplotlib.patches import Patch
+
+    fig.suptitle("diceloss demo: validation predictions of each loss beside the ground truth", fontsize=10)
+    handles = [Patch(color=cmap(c), label=f"{c} {n}") for c, n in enumerate(class_names)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(C, 8), fontsize=8, frameon=False)
     fig.savefig(path, dpi=90)
     plt.close(fig)
