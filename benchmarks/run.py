@@ -51,7 +51,7 @@ WORKLOADS = {
 # "dice_ce" rows with DiceCELoss
 IMPLS = {
     "diceloss DiceLoss": ("dice", "diceloss.DiceLoss(), backend='auto' (fused, compiled kernel)"),
-    "diceloss DiceLoss (PyTorch fallback)": ("dice", "DICELOSS_NO_CPP=1: fused backend, chunked PyTorch path"),
+    "diceloss DiceLoss (PyTorch fallback)": ("dice", "DICELOSS_NO_CPP=1, backend='fused': the chunked PyTorch path"),
     "diceloss DiceLoss (reference)": ("dice", "backend='reference': plain autograd over a one-hot target"),
     "diceloss DiceLoss (triton)": ("dice", "backend='triton' (CUDA only)"),
     "MONAI DiceLoss": ("dice", "DiceLoss(softmax=True, to_onehot_y=True) | DiceLoss(sigmoid=True)"),
@@ -86,6 +86,8 @@ def _make_loss(impl: str, kind: str, device: str, spatial: tuple[int, ...] = ())
         backend = "auto"
         if "(reference)" in impl:
             backend = "reference"
+        elif "(PyTorch fallback)" in impl:
+            backend = "fused"  # auto would take the reference on small inputs without the kernel
         elif "(triton)" in impl:
             if device != "cuda":
                 return "n/a: Triton runs CUDA tensors"

@@ -303,11 +303,22 @@ def test_target_requiring_grad_goes_to_reference():
     assert backends.select_backend("auto", prep, request).__name__.endswith("reference")
 
 
-def test_auto_picks_fused_on_cpu():
-    x, t, kw = make_case("index", 2, 3, (8, 8), torch.float32)
-    prep = diceloss._inputs.prepare(x, t, mode="multiclass", from_logits=True)
-    for request in (diceloss.stats.StatsRequest(), diceloss.stats.StatsRequest(cross_entropy=True, focal_gamma=2.0)):
-        assert backends.select_backend("auto", prep, request) is fused
+def test_auto_picks_fused_where_it_is_fastest(path):
+    request_ce = diceloss.stats.StatsRequest(cross_entropy=True)
+    request_focal = diceloss.stats.StatsRequest(focal_gamma=2.0)
+    small = diceloss._inputs.prepare(*make_case("index", 2, 3, (8, 8), torch.float32)[:2], mode="multiclass",
+                                     from_logits=True)
+    big_x = torch.zeros(1, 4, 1 << 20)  # 16 MiB of logits: the chunked path beats the reference there
+    big = diceloss._inputs.prepare(big_x, torch.zeros(1, 1 << 20, dtype=torch.long), mode="multiclass",
+                                   from_logits=True)
+    reference = backends.select_backend("reference", small, request_ce)
+    # the kernel serves Dice + CE at any size; the chunked PyTorch path only from AUTO_CHUNKED_MIN_BYTES on
+    assert backends.select_backend("auto", small, request_ce) is (fused if path == "kernel" else reference)
+    assert backends.select_backend("auto", small, request_focal) is reference
+    assert backends.select_backend("auto", big, request_focal) is fused
+    assert backends.select_backend("auto", big, request_ce) is fused
+    # forcing the fused backend still works everywhere
+    assert backends.select_backend("fused", small, request_focal) is fused
 
 
 def test_status_says_which_path(path):
@@ -321,8 +332,8 @@ def test_status_says_which_path(path):
 def test_kernel_used_for_covered_options_only(path):
     x, t, kw = make_case("index", 2, 3, (8, 8), torch.float32)
     before = dict(fused.counters)
-    compute_stats(x, t, mode="multiclass", cross_entropy=True, label_smoothing=0.1)
-    compute_stats(x, t, mode="multiclass", focal_gamma=2.0)
+    compute_stats(x, t, mode="multiclass", cross_entropy=True, label_smoothing=0.1, backend="fused")
+    compute_stats(x, t, mode="multiclass", focal_gamma=2.0, backend="fused")
     used = fused.counters["kernel_calls"] - before["kernel_calls"]
     chunked = fused.counters["chunked_calls"] - before["chunked_calls"]
     assert (used, chunked) == ((1, 1) if path == "kernel" else (0, 2))
@@ -406,7 +417,9 @@ def test_compile_fullgraph_sees_one_op(path):
         return gm.forward
 
     x, t, kw = make_case("index_ignore", 2, 4, (8, 9), torch.float32)
-    loss = diceloss.DiceCELoss(ignore_index=-100, label_smoothing=0.1)
+    # auto takes the fused backend with the kernel; without it, so small an input goes to the reference
+    backend = "auto" if path == "kernel" else "fused"
+    loss = diceloss.DiceCELoss(ignore_index=-100, label_smoothing=0.1, backend=backend)
     compiled = torch.compile(loss, fullgraph=True, backend=capture)
     torch._dynamo.reset()
     xx = x.clone().requires_grad_()
@@ -429,12 +442,22 @@ def test_compile_fullgraph_sees_one_op(path):
     torch._dynamo.reset()
 
 
-def test_legacy_function_without_custom_op(path, monkeypatch):
-    # torch < 2.4 has no torch.library.custom_op: the same implementation runs as an autograd.Function
-    monkeypatch.setattr(fused, "_OPS", fused._LegacyOps())
+def test_registered_op_matches_eager_function(path):
+    # eager mode runs the autograd.Function, torch.compile the registered op: same numbers both ways
     x, t, kw = make_case("index_ignore", 2, 3, (9, 7), torch.float64)
-    compare(x, t, dict(kw, cross_entropy=True, squared=True), torch.float64)
-    xx = x.clone().requires_grad_()
-    s = compute_stats(xx, t, backend="fused", **kw)
+    prep = diceloss._inputs.prepare(x, t, mode="multiclass", from_logits=True, ignore_index=-100)
+    args = (prep.target, None, prep.mode, prep.activation, prep.ignore_index, True, False, True, 0.1, None)
+    outs, grads = [], []
+    for op in (torch.ops.diceloss.fused_stats, fused._EAGER.fused_stats):
+        xx = prep.logits.clone().requires_grad_()
+        out = op(xx, *args)
+        (out * torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+        outs.append(out.detach())
+        grads.append(xx.grad)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    # double backward through the registered op raises with the same message
+    xx = prep.logits.clone().requires_grad_()
+    (g,) = torch.autograd.grad(torch.ops.diceloss.fused_stats(xx, *args)[..., 0].sum(), xx, create_graph=True)
     with pytest.raises(RuntimeError, match='backend="reference"'):
-        torch.autograd.grad(s.intersection.sum(), xx, create_graph=True)
+        g.sum().backward()

@@ -1,7 +1,8 @@
 """diceloss: Dice-family segmentation losses and overlap metrics for PyTorch."""
 
-from . import functional, metrics
+from . import backends, functional, metrics
 from ._inputs import set_value_checks
+from .deep_supervision import DeepSupervisionLoss
 from .losses import DiceCELoss, DiceFocalLoss, DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
 from .stats import OverlapStats, compute_stats
 
@@ -14,10 +15,11 @@ __all__ = [
     "GeneralizedDiceLoss",
     "DiceCELoss",
     "DiceFocalLoss",
+    "DeepSupervisionLoss",
     "compute_stats",
     "OverlapStats",
     "set_value_checks",
+    "backends",
     "functional",
     "metrics",
 ]
-from .deep_supervision import DeepSupervisionLoss; __all__ += ["DeepSupervisionLoss"]  # noqa: E402, E702, I001

@@ -66,6 +66,10 @@ def select_backend(name: str, prep, request) -> ModuleType:
                 continue
             mod = _load(candidate)
             if mod is not None and mod.supports(prep, request) is None:
+                # a backend may serve a call yet know a later one is faster for it (auto_prefers)
+                prefers = getattr(mod, "auto_prefers", None)
+                if prefers is not None and not prefers(prep, request):
+                    continue
                 return mod
         raise RuntimeError("no diceloss backend supports this call")  # reference supports everything
     if name not in _MODULES:
