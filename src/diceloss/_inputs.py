@@ -445,7 +445,7 @@ def _check_values(
 ) -> None:
     target = target.detach()  # a soft target may require grad; reading its values needs no graph
     if not from_logits and logits.numel():
-        lo, hi = float(logits.detach().min()), float(logits.detach().max())
+        lo, hi = (float(v) for v in torch.aminmax(logits.detach()))
         if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
             raise ValueError(
                 f"from_logits=False expects probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
@@ -454,6 +454,10 @@ def _check_values(
     if target.numel() == 0:
         return
     if target_is_index:
+        # one pass, no temporaries, decides the common case; the masks below only run to name what is wrong
+        lo, hi = (int(v) for v in torch.aminmax(target))
+        if lo >= 0 and hi < num_classes:
+            return
         bad = (target < 0) | (target >= num_classes)
         if ignore_index is not None:
             bad &= target != ignore_index
