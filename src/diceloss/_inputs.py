@@ -92,9 +92,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
 
 
-def check_nonnegative(
-    name: str, value: object, *, positive: bool = False, at_most: float | None = None
-) -> None:
+def check_nonnegative(name: str, value: object, *, positive: bool = False, at_most: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     bad = not math.isfinite(value) or (value <= 0 if positive else value < 0)
@@ -122,10 +120,7 @@ def check_weight(weight: Sequence[float] | Tensor | None) -> Tensor | None:
         return None
     if isinstance(weight, Tensor):
         w = weight.detach()
-        if not (
-            w.is_floating_point()
-            or w.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)
-        ):
+        if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
             raise TypeError(f"weight must be a real tensor, got dtype {w.dtype}")
         w = w.to(torch.float64 if w.dtype == torch.float64 else torch.float32)
     else:
@@ -155,11 +150,10 @@ def check_loss_options(
     backend: str,
     absent: str = "include",
     ignore_index: int | None = None,
-    reductions: Sequence[str] = REDUCTIONS,
 ) -> None:
     """The options every loss shares; raises at construction time."""
     check_choice("mode", mode, MODES)
-    check_choice("reduction", reduction, reductions)
+    check_choice("reduction", reduction, REDUCTIONS)
     check_choice("absent", absent, ABSENT_POLICIES)
     check_smoothing(smooth_nr, smooth_dr)
     check_backend(backend)
@@ -262,9 +256,7 @@ def prepare(
             f"{input.dtype}; for hard label maps use diceloss.metrics.dice_score"
         )
     if input.ndim < 2:
-        raise ValueError(
-            f"input must have a batch dimension and at least one more, got shape {tuple(input.shape)}"
-        )
+        raise ValueError(f"input must have a batch dimension and at least one more, got shape {tuple(input.shape)}")
     if target.is_complex() or input.is_complex():
         raise TypeError("complex tensors are not supported")
 
@@ -333,9 +325,7 @@ def prepare(
         folded_ignore = None
 
     if value_checks_enabled(input.device):
-        _check_values(
-            logits, target_bcn, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn
-        )
+        _check_values(logits, target_bcn, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn)
 
     return Prepared(
         logits=logits,
@@ -365,11 +355,7 @@ def _binary_layout(input: Tensor, target: Tensor):
         )
     ):
         pass
-    elif (
-        target.ndim == input.ndim + 1
-        and target.shape[1] == 1
-        and tuple(target.shape[2:]) == tuple(input.shape[1:])
-    ):
+    elif target.ndim == input.ndim + 1 and target.shape[1] == 1 and tuple(target.shape[2:]) == tuple(input.shape[1:]):
         pass
     else:
         raise ValueError(
@@ -411,9 +397,7 @@ def _multiclass_target(input: Tensor, target: Tensor):
             f"(input {tuple(input.shape)}, target {tuple(target.shape)})"
         )
     if index.dtype == torch.bool:
-        raise TypeError(
-            "class-index targets must be integer (or float holding whole numbers), got dtype torch.bool"
-        )
+        raise TypeError("class-index targets must be integer (or float holding whole numbers), got dtype torch.bool")
     if index.is_floating_point():
         if value_checks_enabled(index.device) and index.numel() and not bool((index == index.round()).all()):
             raise ValueError(
@@ -440,9 +424,7 @@ def _mask_layout(mask: Tensor, B: int, spatial: tuple[int, ...]) -> Tensor:
     return (m != 0).reshape(B, -1)
 
 
-def _check_values(
-    logits, target, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn
-) -> None:
+def _check_values(logits, target, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn) -> None:
     target = target.detach()  # a soft target may require grad; reading its values needs no graph
     if not from_logits and logits.numel():
         lo, hi = (float(v) for v in torch.aminmax(logits.detach()))

@@ -25,6 +25,7 @@ with ``batch_dice=True``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from torch import Tensor
 
@@ -47,41 +48,43 @@ def _sum_groups(stats: OverlapStats) -> OverlapStats:
     return OverlapStats(*(None if f is None else f.sum(dim=0, keepdim=True) for f in stats))
 
 
-def _overlap(
-    input: Tensor,
-    target: Tensor,
-    mask: Tensor | None,
-    *,
-    mode: str,
-    from_logits: bool,
-    include_background: bool,
-    weight: Weight,
-    ignore_index: int | None,
-    batch_dice: bool,
-    request: StatsRequest,
-    backend: str,
-    distributed: bool = False,
-    process_group=None,
-):
+class _Overlap(NamedTuple):
+    """The options that decide which statistics are computed and how they are grouped.
+
+    Every loss builds one from its arguments and hands it to :func:`_overlap`.
+    """
+
+    mode: str
+    from_logits: bool
+    include_background: bool
+    weight: Weight
+    ignore_index: int | None
+    batch_dice: bool
+    backend: str
+    distributed: bool
+    process_group: object
+
+
+def _overlap(input: Tensor, target: Tensor, mask: Tensor | None, o: _Overlap, request: StatsRequest):
     """Check the inputs and compute the statistics, summed over the batch for batch Dice (and over ranks)."""
-    w = _weight_tensor(weight, input)
+    w = _weight_tensor(o.weight, input)
     prep = _inputs.prepare(
         input,
         target,
-        mode=mode,
-        from_logits=from_logits,
-        ignore_index=ignore_index,
+        mode=o.mode,
+        from_logits=o.from_logits,
+        ignore_index=o.ignore_index,
         mask=mask,
-        include_background=include_background,
+        include_background=o.include_background,
         weight=w,
     )
-    stats = stats_from_prepared(prep, request, backend)
-    if batch_dice:
+    stats = stats_from_prepared(prep, request, o.backend)
+    if o.batch_dice:
         stats = _sum_groups(stats)
-    if distributed:
+    if o.distributed:
         from .distributed import all_reduce_stats
 
-        stats = all_reduce_stats(stats, process_group)
+        stats = all_reduce_stats(stats, o.process_group)
     if w is not None:
         w = w.to(compute_dtype(input.dtype))
     return prep, stats, w
@@ -101,7 +104,6 @@ def _check_overlap_options(
     ignore_index,
     distributed,
     batch_dice,
-    reductions=_inputs.REDUCTIONS,
 ) -> None:
     _inputs.check_loss_options(
         mode=mode,
@@ -111,7 +113,6 @@ def _check_overlap_options(
         backend=backend,
         absent=absent,
         ignore_index=ignore_index,
-        reductions=reductions,
     )
     if distributed and not batch_dice:
         raise ValueError(
@@ -121,15 +122,22 @@ def _check_overlap_options(
 
 
 def _per_class(prep, stats: OverlapStats, weight: Tensor | None, absent: str):
+    """I, P, G and the weights of the classes kept, and which classes are present (for absent="exclude")."""
     kept = prep.kept_classes
     I = _kept(stats.intersection, kept)
     P = _kept(stats.pred_volume, kept)
     G = _kept(stats.target_volume, kept)
-    w = None if weight is None or kept is None else weight[list(kept)]
-    if weight is not None and kept is None:
-        w = weight
+    w = weight if weight is None or kept is None else weight[list(kept)]
     present = (G.detach() > 0) if absent == "exclude" else None
     return I, P, G, w, present
+
+
+def _dice_term(prep, stats, weight, *, log, smooth_nr, smooth_dr, absent, reduction, batch_dice) -> Tensor:
+    """The Dice loss of the statistics: per class 1 - D (or -log D), reduced over the classes and groups."""
+    I, P, G, w, present = _per_class(prep, stats, weight, absent)
+    score = _heads.dice_score(I, P, G, smooth_nr, smooth_dr)
+    loss = _heads.neg_log(score) if log else 1 - score
+    return _heads.reduce_class_losses(loss, w, present, reduction, batch_dice)
 
 
 def dice_loss(
@@ -165,29 +173,25 @@ def dice_loss(
         >>> round(float(dice_loss(x, t)), 4)
         0.5
     """
+
     _check_overlap_options(
         mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed, batch_dice
     )
-    request = StatsRequest(squared=squared, soft_label=soft_label)
-    prep, stats, w = _overlap(
-        input,
-        target,
-        mask,
-        mode=mode,
-        from_logits=from_logits,
-        include_background=include_background,
-        weight=weight,
-        ignore_index=ignore_index,
-        batch_dice=batch_dice,
-        request=request,
-        backend=backend,
-        distributed=distributed,
-        process_group=process_group,
+    o = _Overlap(
+        mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
     )
-    I, P, G, w, present = _per_class(prep, stats, w, absent)
-    score = _heads.dice_score(I, P, G, smooth_nr, smooth_dr)
-    loss = _heads.neg_log(score) if log else 1 - score
-    return _heads.reduce_class_losses(loss, w, present, reduction, batch_dice)
+    prep, stats, w = _overlap(input, target, mask, o, StatsRequest(squared=squared, soft_label=soft_label))
+    return _dice_term(
+        prep,
+        stats,
+        w,
+        log=log,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        absent=absent,
+        reduction=reduction,
+        batch_dice=batch_dice,
+    )
 
 
 def jaccard_loss(
@@ -220,25 +224,14 @@ def jaccard_loss(
         >>> round(float(jaccard_loss(x, t)), 4)
         0.6667
     """
+
     _check_overlap_options(
         mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed, batch_dice
     )
-    request = StatsRequest(soft_label=soft_label)
-    prep, stats, w = _overlap(
-        input,
-        target,
-        mask,
-        mode=mode,
-        from_logits=from_logits,
-        include_background=include_background,
-        weight=weight,
-        ignore_index=ignore_index,
-        batch_dice=batch_dice,
-        request=request,
-        backend=backend,
-        distributed=distributed,
-        process_group=process_group,
+    o = _Overlap(
+        mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
     )
+    prep, stats, w = _overlap(input, target, mask, o, StatsRequest(soft_label=soft_label))
     I, P, G, w, present = _per_class(prep, stats, w, absent)
     loss = 1 - _heads.jaccard_score(I, P, G, smooth_nr, smooth_dr)
     return _heads.reduce_class_losses(loss, w, present, reduction, batch_dice)
@@ -290,26 +283,15 @@ def tversky_loss(
         >>> round(float(tversky_loss(x, t, alpha=0.3, beta=0.7)), 4)
         0.5
     """
+
     _check_overlap_options(
         mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed, batch_dice
     )
     _check_tversky(alpha, beta, exponent)
-    request = StatsRequest(soft_label=soft_label)
-    prep, stats, w = _overlap(
-        input,
-        target,
-        mask,
-        mode=mode,
-        from_logits=from_logits,
-        include_background=include_background,
-        weight=weight,
-        ignore_index=ignore_index,
-        batch_dice=batch_dice,
-        request=request,
-        backend=backend,
-        distributed=distributed,
-        process_group=process_group,
+    o = _Overlap(
+        mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
     )
+    prep, stats, w = _overlap(input, target, mask, o, StatsRequest(soft_label=soft_label))
     I, P, G, w, present = _per_class(prep, stats, w, absent)
     loss = 1 - _heads.tversky_score(I, P, G, alpha, beta, smooth_nr, smooth_dr)
     loss = _heads.safe_pow(loss, exponent)
@@ -349,26 +331,15 @@ def generalized_dice_loss(
         >>> round(float(generalized_dice_loss(x, t)), 4)
         0.5
     """
+
     _check_overlap_options(
         mode, reduction, smooth_nr, smooth_dr, backend, "include", ignore_index, distributed, batch_dice
     )
     _inputs.check_choice("weighting", weighting, _inputs.WEIGHTINGS)
-    request = StatsRequest(soft_label=soft_label)
-    prep, stats, _ = _overlap(
-        input,
-        target,
-        mask,
-        mode=mode,
-        from_logits=from_logits,
-        include_background=include_background,
-        weight=None,
-        ignore_index=ignore_index,
-        batch_dice=batch_dice,
-        request=request,
-        backend=backend,
-        distributed=distributed,
-        process_group=process_group,
+    o = _Overlap(
+        mode, from_logits, include_background, None, ignore_index, batch_dice, backend, distributed, process_group
     )
+    prep, stats, _ = _overlap(input, target, mask, o, StatsRequest(soft_label=soft_label))
     I, P, G, _, _ = _per_class(prep, stats, None, "include")
     loss = _heads.generalized_dice_loss(I, P, G, weighting, smooth_nr, smooth_dr)
     return _heads.reduce_groups(loss, reduction, batch_dice)
@@ -378,47 +349,30 @@ def _compound(
     input,
     target,
     mask,
+    o: _Overlap,
+    request: StatsRequest,
     *,
-    mode,
-    from_logits,
-    include_background,
-    weight,
-    ignore_index,
-    batch_dice,
-    squared,
+    other: str,
     log,
     smooth_nr,
     smooth_dr,
     absent,
-    soft_label,
     reduction,
-    backend,
-    distributed,
-    process_group,
-    request,
     lambda_dice,
     lambda_other,
-    other,
 ):
-    prep, stats, w = _overlap(
-        input,
-        target,
-        mask,
-        mode=mode,
-        from_logits=from_logits,
-        include_background=include_background,
-        weight=weight,
-        ignore_index=ignore_index,
-        batch_dice=batch_dice,
-        request=request,
-        backend=backend,
-        distributed=distributed,
-        process_group=process_group,
-    )
-    I, P, G, wk, present = _per_class(prep, stats, w, absent)
-    score = _heads.dice_score(I, P, G, smooth_nr, smooth_dr)
-    dice = _heads.reduce_class_losses(
-        _heads.neg_log(score) if log else 1 - score, wk, present, reduction, batch_dice
+    """lambda_dice * Dice + lambda_other * (CE or focal) from one pass of statistics; also the detached terms."""
+    prep, stats, w = _overlap(input, target, mask, o, request)
+    dice = _dice_term(
+        prep,
+        stats,
+        w,
+        log=log,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        absent=absent,
+        reduction=reduction,
+        batch_dice=o.batch_dice,
     )
     other_sums = stats.cross_entropy if other == "ce" else stats.focal
     # with a weight every multiclass target takes cross_entropy's class-index mean, sum w_c E_c / sum w_c G_c,
@@ -430,7 +384,7 @@ def _compound(
         stats.target_volume,
         stats.count,
         w,
-        mode=mode,
+        mode=o.mode,
         target_is_index=prep.target_is_index or w is not None,
         reduction=reduction,
     )
@@ -478,16 +432,15 @@ def dice_ce_loss(
         >>> round(float(dice_ce_loss(x, t)), 4)   # 0.5 + log 2
         1.1931
     """
+
+    o = _Overlap(
+        mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
+    )
     return _dice_ce(
         input,
         target,
         mask,
-        mode=mode,
-        from_logits=from_logits,
-        include_background=include_background,
-        weight=weight,
-        ignore_index=ignore_index,
-        batch_dice=batch_dice,
+        o,
         squared=squared,
         log=log,
         smooth_nr=smooth_nr,
@@ -498,28 +451,13 @@ def dice_ce_loss(
         lambda_dice=lambda_dice,
         lambda_ce=lambda_ce,
         label_smoothing=label_smoothing,
-        backend=backend,
-        distributed=distributed,
-        process_group=process_group,
     )[0]
 
 
-def _check_compound(
-    reduction,
-    name,
-    mode,
-    smooth_nr,
-    smooth_dr,
-    backend,
-    absent,
-    ignore_index,
-    distributed,
-    batch_dice,
-    **lambdas,
-) -> None:
+def _check_compound(name: str, o: _Overlap, reduction, smooth_nr, smooth_dr, absent, **lambdas) -> None:
     _inputs.check_compound_reduction(reduction, name)
     _check_overlap_options(
-        mode, reduction, smooth_nr, smooth_dr, backend, absent, ignore_index, distributed, batch_dice
+        o.mode, reduction, smooth_nr, smooth_dr, o.backend, absent, o.ignore_index, o.distributed, o.batch_dice
     )
     for key, value in lambdas.items():
         _inputs.check_nonnegative(key, value)
@@ -529,13 +467,8 @@ def _dice_ce(
     input,
     target,
     mask,
+    o: _Overlap,
     *,
-    mode,
-    from_logits,
-    include_background,
-    weight,
-    ignore_index,
-    batch_dice,
     squared,
     log,
     smooth_nr,
@@ -546,23 +479,10 @@ def _dice_ce(
     lambda_dice,
     lambda_ce,
     label_smoothing,
-    backend,
-    distributed,
-    process_group,
 ):
+    """(total, detached Dice, detached CE) of :func:`dice_ce_loss`; the module keeps the terms for logging."""
     _check_compound(
-        reduction,
-        "DiceCELoss",
-        mode,
-        smooth_nr,
-        smooth_dr,
-        backend,
-        absent,
-        ignore_index,
-        distributed,
-        batch_dice,
-        lambda_dice=lambda_dice,
-        lambda_ce=lambda_ce,
+        "DiceCELoss", o, reduction, smooth_nr, smooth_dr, absent, lambda_dice=lambda_dice, lambda_ce=lambda_ce
     )
     _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
     request = StatsRequest(
@@ -572,26 +492,16 @@ def _dice_ce(
         input,
         target,
         mask,
-        mode=mode,
-        from_logits=from_logits,
-        include_background=include_background,
-        weight=weight,
-        ignore_index=ignore_index,
-        batch_dice=batch_dice,
-        squared=squared,
+        o,
+        request,
+        other="ce",
         log=log,
         smooth_nr=smooth_nr,
         smooth_dr=smooth_dr,
         absent=absent,
-        soft_label=soft_label,
         reduction=reduction,
-        backend=backend,
-        distributed=distributed,
-        process_group=process_group,
-        request=request,
         lambda_dice=lambda_dice,
         lambda_other=lambda_ce,
-        other="ce",
     )
 
 
@@ -634,16 +544,15 @@ def dice_focal_loss(
         >>> round(float(dice_focal_loss(x, t, gamma=0.0)), 4)   # gamma = 0: Dice + CE
         1.1931
     """
+
+    o = _Overlap(
+        mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
+    )
     return _dice_focal(
         input,
         target,
         mask,
-        mode=mode,
-        from_logits=from_logits,
-        include_background=include_background,
-        weight=weight,
-        ignore_index=ignore_index,
-        batch_dice=batch_dice,
+        o,
         squared=squared,
         log=log,
         smooth_nr=smooth_nr,
@@ -654,9 +563,6 @@ def dice_focal_loss(
         gamma=gamma,
         lambda_dice=lambda_dice,
         lambda_focal=lambda_focal,
-        backend=backend,
-        distributed=distributed,
-        process_group=process_group,
     )[0]
 
 
@@ -664,13 +570,8 @@ def _dice_focal(
     input,
     target,
     mask,
+    o: _Overlap,
     *,
-    mode,
-    from_logits,
-    include_background,
-    weight,
-    ignore_index,
-    batch_dice,
     squared,
     log,
     smooth_nr,
@@ -681,23 +582,10 @@ def _dice_focal(
     gamma,
     lambda_dice,
     lambda_focal,
-    backend,
-    distributed,
-    process_group,
 ):
+    """(total, detached Dice, detached focal) of :func:`dice_focal_loss`."""
     _check_compound(
-        reduction,
-        "DiceFocalLoss",
-        mode,
-        smooth_nr,
-        smooth_dr,
-        backend,
-        absent,
-        ignore_index,
-        distributed,
-        batch_dice,
-        lambda_dice=lambda_dice,
-        lambda_focal=lambda_focal,
+        "DiceFocalLoss", o, reduction, smooth_nr, smooth_dr, absent, lambda_dice=lambda_dice, lambda_focal=lambda_focal
     )
     _inputs.check_nonnegative("gamma", gamma)
     request = StatsRequest(squared=squared, soft_label=soft_label, focal_gamma=float(gamma))
@@ -705,26 +593,16 @@ def _dice_focal(
         input,
         target,
         mask,
-        mode=mode,
-        from_logits=from_logits,
-        include_background=include_background,
-        weight=weight,
-        ignore_index=ignore_index,
-        batch_dice=batch_dice,
-        squared=squared,
+        o,
+        request,
+        other="focal",
         log=log,
         smooth_nr=smooth_nr,
         smooth_dr=smooth_dr,
         absent=absent,
-        soft_label=soft_label,
         reduction=reduction,
-        backend=backend,
-        distributed=distributed,
-        process_group=process_group,
-        request=request,
         lambda_dice=lambda_dice,
         lambda_other=lambda_focal,
-        other="focal",
     )
 
 

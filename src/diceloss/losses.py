@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _inputs, functional
-from .functional import _check_compound, _check_overlap_options, _check_tversky
+from .functional import _check_overlap_options, _check_tversky
 
 _COMMON_DOC = """
     Args:
@@ -61,7 +61,6 @@ class _OverlapLoss(nn.Module):
         backend: str = "auto",
         distributed: bool = False,
         process_group=None,
-        _reductions: Sequence[str] = _inputs.REDUCTIONS,
     ) -> None:
         super().__init__()
         _check_overlap_options(
@@ -74,7 +73,6 @@ class _OverlapLoss(nn.Module):
             ignore_index,
             distributed,
             batch_dice,
-            _reductions,
         )
         self.mode = mode
         self.from_logits = from_logits
@@ -91,23 +89,32 @@ class _OverlapLoss(nn.Module):
         self.distributed = distributed
         self.process_group = process_group
 
-    def _common(self) -> dict:
+    def _overlap_options(self) -> functional._Overlap:
+        # built per call: `weight` is a buffer and follows the module across devices
+        return functional._Overlap(
+            self.mode,
+            self.from_logits,
+            self.include_background,
+            self.weight,
+            self.ignore_index,
+            self.batch_dice,
+            self.backend,
+            self.distributed,
+            self.process_group,
+        )
+
+    def _head_options(self) -> dict:
         return dict(
-            mode=self.mode,
-            from_logits=self.from_logits,
-            include_background=self.include_background,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            batch_dice=self.batch_dice,
             smooth_nr=self.smooth_nr,
             smooth_dr=self.smooth_dr,
             absent=self.absent,
             soft_label=self.soft_label,
             reduction=self.reduction,
-            backend=self.backend,
-            distributed=self.distributed,
-            process_group=self.process_group,
         )
+
+    def _common(self) -> dict:
+        """Every option, as keywords of the functional form."""
+        return {**self._overlap_options()._asdict(), **self._head_options()}
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, reduction={self.reduction!r}, batch_dice={self.batch_dice}"
@@ -139,9 +146,7 @@ class DiceLoss(_OverlapLoss):
     """
     )
 
-    def __init__(
-        self, mode: str = "multiclass", *, squared: bool = False, log: bool = False, **kwargs
-    ) -> None:
+    def __init__(self, mode: str = "multiclass", *, squared: bool = False, log: bool = False, **kwargs) -> None:
         super().__init__(mode, **kwargs)
         self.squared = squared
         self.log = log
@@ -280,8 +285,13 @@ class GeneralizedDiceLoss(nn.Module):
 class _CompoundLoss(_OverlapLoss):
     """A Dice loss plus a pixel-wise term; ``components`` holds the detached terms of the last call."""
 
-    def __init__(self, mode: str, squared: bool, log: bool, reduction: str, **kwargs) -> None:
-        super().__init__(mode, reduction=reduction, _reductions=("mean", "sum", "none"), **kwargs)
+    def __init__(
+        self, name: str, mode: str, squared: bool, log: bool, reduction: str, lambdas: dict[str, float], **kwargs
+    ) -> None:
+        _inputs.check_compound_reduction(reduction, name)
+        super().__init__(mode, reduction=reduction, **kwargs)
+        for key, value in lambdas.items():
+            _inputs.check_nonnegative(key, value)
         self.squared = squared
         self.log = log
         self.components: dict[str, Tensor] = {}
@@ -326,22 +336,8 @@ class DiceCELoss(_CompoundLoss):
         label_smoothing: float = 0.0,
         **kwargs,
     ) -> None:
-        _inputs.check_compound_reduction(reduction, "DiceCELoss")
-        super().__init__(mode, squared, log, reduction, **kwargs)
-        _check_compound(
-            reduction,
-            "DiceCELoss",
-            mode,
-            self.smooth_nr,
-            self.smooth_dr,
-            self.backend,
-            self.absent,
-            self.ignore_index,
-            self.distributed,
-            self.batch_dice,
-            lambda_dice=lambda_dice,
-            lambda_ce=lambda_ce,
-        )
+        lambdas = dict(lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        super().__init__("DiceCELoss", mode, squared, log, reduction, lambdas, **kwargs)
         _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
         self.lambda_dice, self.lambda_ce, self.label_smoothing = lambda_dice, lambda_ce, label_smoothing
 
@@ -350,12 +346,13 @@ class DiceCELoss(_CompoundLoss):
             input,
             target,
             mask,
+            self._overlap_options(),
             squared=self.squared,
             log=self.log,
             lambda_dice=self.lambda_dice,
             lambda_ce=self.lambda_ce,
             label_smoothing=self.label_smoothing,
-            **self._common(),
+            **self._head_options(),
         )
         self.components = {"dice": dice, "ce": ce}
         return total
@@ -397,22 +394,8 @@ class DiceFocalLoss(_CompoundLoss):
         lambda_focal: float = 1.0,
         **kwargs,
     ) -> None:
-        _inputs.check_compound_reduction(reduction, "DiceFocalLoss")
-        super().__init__(mode, squared, log, reduction, **kwargs)
-        _check_compound(
-            reduction,
-            "DiceFocalLoss",
-            mode,
-            self.smooth_nr,
-            self.smooth_dr,
-            self.backend,
-            self.absent,
-            self.ignore_index,
-            self.distributed,
-            self.batch_dice,
-            lambda_dice=lambda_dice,
-            lambda_focal=lambda_focal,
-        )
+        lambdas = dict(lambda_dice=lambda_dice, lambda_focal=lambda_focal)
+        super().__init__("DiceFocalLoss", mode, squared, log, reduction, lambdas, **kwargs)
         _inputs.check_nonnegative("gamma", gamma)
         self.gamma, self.lambda_dice, self.lambda_focal = gamma, lambda_dice, lambda_focal
 
@@ -421,12 +404,13 @@ class DiceFocalLoss(_CompoundLoss):
             input,
             target,
             mask,
+            self._overlap_options(),
             squared=self.squared,
             log=self.log,
             gamma=self.gamma,
             lambda_dice=self.lambda_dice,
             lambda_focal=self.lambda_focal,
-            **self._common(),
+            **self._head_options(),
         )
         self.components = {"dice": dice, "focal": focal}
         return total
