@@ -171,6 +171,16 @@ def test_shapes_float32(path, kind, C, spatial, options):
     compare(x, t, dict(kw, mask=make_mask(B, spatial), **options), torch.float32)
 
 
+@pytest.mark.parametrize("N", [2**18, 2**18 + 3])
+@pytest.mark.parametrize("options", [dict(), dict(squared=True, cross_entropy=True, label_smoothing=0.1)])
+def test_large_input_kernel_paths(N, options):
+    # 9 MiB of float32 logits: the kernel writes the gradient with non-temporal stores when the rows are
+    # 64-byte aligned (N a multiple of 16) and with plain stores when not; C = 9 rows are staged per tile
+    assert _cpu_kernel.load() is not None or os.environ.get("DICELOSS_NO_CPP"), _cpu_kernel.status()
+    x, t, kw = make_case("index_ignore", 1, 9, (N,), torch.float32, seed=3)
+    compare(x, t, dict(kw, mask=make_mask(1, (N,)), **options), torch.float32)
+
+
 def test_float64_more_classes_and_3d(path):
     x, t, kw = make_case("index_ignore", 2, 32, (9, 10, 11), torch.float64)
     compare(x, t, dict(kw, cross_entropy=True, label_smoothing=0.3), torch.float64)

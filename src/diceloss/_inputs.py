@@ -456,7 +456,7 @@ def _check_values(logits, target, target_is_index, mode, from_logits, ignore_ind
         valid = target != ignore_index
     vals = target if valid is None else target[valid]
     if vals.numel():
-        lo, hi = float(vals.min()), float(vals.max())
+        lo, hi = (float(v) for v in torch.aminmax(vals))  # one pass; NaN propagates to both
         if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
             named = mode != "multiclass" and ignore_index is not None
             extra = f" (or ignore_index, {ignore_index})" if named else ""

@@ -108,9 +108,11 @@ def compute(prep: Prepared, request: StatsRequest) -> OverlapStats:
     mask = prep.mask
     if mask is not None and not mask.is_contiguous():
         mask = mask.contiguous()
-    # dynamo sees the registered op; eager mode takes the lighter autograd.Function
-    ops = _ops() if _is_compiling() else _EAGER
-    out = ops.fused_stats(
+    # dynamo sees the registered op (one (B, C, 6) tensor); eager mode takes the lighter autograd.Function
+    # with six outputs
+    compiling = _is_compiling()
+    op = _ops().fused_stats if compiling else _EAGER.fused_stats_split
+    out = op(
         x,
         target,
         mask,
@@ -123,7 +125,7 @@ def compute(prep: Prepared, request: StatsRequest) -> OverlapStats:
         float(request.label_smoothing),
         request.focal_gamma,
     )
-    I, P, G, M, E, F = out.unbind(-1)
+    I, P, G, M, E, F = out.unbind(-1) if compiling else out
     return OverlapStats(
         intersection=I,
         pred_volume=P,
@@ -432,7 +434,10 @@ class _EagerOps:
             x, target, mask = ctx.saved_tensors
             grad_x = None
             if ctx.needs_input_grad[0]:
-                grad_x = _EagerOps._Backward.apply(grad, x, target, mask, *ctx.options)
+                if torch.is_grad_enabled():  # create_graph=True: a node whose own backward raises
+                    grad_x = _EagerOps._Backward.apply(grad, x, target, mask, *ctx.options)
+                else:
+                    grad_x = _backward_impl(grad, x, target, mask, *ctx.options)
             return (grad_x,) + (None,) * 10
 
     class _Backward(torch.autograd.Function):
@@ -444,9 +449,35 @@ class _EagerOps:
         def backward(ctx, grad):
             raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
 
+    class _StatsSplit(torch.autograd.Function):
+        """The statistics as six outputs (I, P, G, M, E, F): eager calls need no unbind node between the
+        op and the heads, and the backward stacks only the gradients that arrive."""
+
+        @staticmethod
+        def forward(ctx, x, target, mask, *options):
+            ctx.save_for_backward(x, target, mask)
+            ctx.options = options
+            ctx.set_materialize_grads(False)
+            outs = _stats_impl(x, target, mask, *options).unbind(-1)
+            ctx.mark_non_differentiable(outs[3])  # the count of valid positions
+            return outs
+
+        @staticmethod
+        def backward(ctx, *grads):
+            arrived = [g for g in grads if g is not None]
+            if not ctx.needs_input_grad[0] or not arrived:
+                return (None,) * 11
+            zero = arrived[0].new_zeros(())
+            coef = torch.stack([zero.expand_as(arrived[0]) if g is None else g for g in grads], dim=-1)
+            return _EagerOps._Stats.backward(ctx, coef)
+
     @staticmethod
     def fused_stats(*args):
         return _EagerOps._Stats.apply(*args)
+
+    @staticmethod
+    def fused_stats_split(*args):
+        return _EagerOps._StatsSplit.apply(*args)
 
 
 _EAGER = _EagerOps()

@@ -34,7 +34,7 @@
 
 namespace {
 
-constexpr int64_t TILE = 64;          // positions per tile (a multiple of every vector width)
+constexpr int64_t TILE = 256;         // positions per tile (a multiple of every vector width)
 constexpr int64_t TASK = 4096;        // positions per task: partial sums, load balance
 constexpr int NSTAT = 6;              // I, P, G, M, E, F
 
@@ -182,7 +182,38 @@ inline Vec<acc_t> log1p_small(const Vec<acc_t>& e) {
   return Vec<acc_t>::blendv(r, e, d == Vec<acc_t>(acc_t(0)));
 }
 
-// Rows of a tile: either straight into the tensor (full tile, no conversion) or a staged copy.
+// Software prefetch of the tile PREFETCH positions ahead, every row of it: a tile reads C rows (and
+// the backward writes C more) N elements apart, more concurrent streams than the hardware prefetchers
+// follow, and without this the first pass over a tile waits on memory.
+constexpr int64_t PREFETCH = 2 * TILE;
+
+// GCC deletes a loop whose body is only __builtin_prefetch (no side effects, C++ forward progress),
+// so on x86 the prefetch is an asm statement.
+inline void prefetch_line(const char* p, bool write) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (write) asm volatile("prefetchw %0" : : "m"(*p));
+  else asm volatile("prefetcht0 %0" : : "m"(*p));
+#else
+  if (write) __builtin_prefetch(p, 1, 3);
+  else __builtin_prefetch(p, 0, 3);
+#endif
+}
+
+template <typename T>
+inline void prefetch_rows(const T* base, int64_t stride, int64_t rows, int64_t pos, int64_t end, bool write = false) {
+  if (pos >= end) return;
+  const int64_t n = std::min(TILE, end - pos);
+  for (int64_t c = 0; c < rows; ++c) {
+    const char* p = reinterpret_cast<const char*>(base + c * stride + pos);
+    for (int64_t k = 0; k < n * int64_t(sizeof(T)); k += 64) prefetch_line(p + k, write);
+  }
+}
+
+// Rows of a tile: either straight into the tensor (full tile, no conversion, few rows) or a staged copy.
+// The rows of a tile lie N elements apart, usually a multiple of 4 KiB, so they all fall in the same
+// sets of the L1 cache (indexed by the address bits below 4 KiB; 8 to 12 ways): with more rows than
+// ways every pass over the tile would miss L1 again. Above DIRECT_ROWS rows the tile is copied once.
+constexpr int64_t DIRECT_ROWS = 8;
 template <typename scalar_t, typename acc_t>
 struct Rows {
   const acc_t* ptr;
@@ -190,43 +221,100 @@ struct Rows {
 };
 
 template <typename scalar_t, typename acc_t>
-inline Rows<scalar_t, acc_t> tile_rows(const scalar_t* base, int64_t N, int64_t C, int64_t cnt, acc_t* buf) {
+inline Rows<scalar_t, acc_t> tile_rows(const scalar_t* base, int64_t N, int64_t C, int64_t cnt, acc_t* buf,
+                                       int64_t left = 0) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (cnt == TILE) return {base, N};
+    if (cnt == TILE && C <= DIRECT_ROWS) {
+      prefetch_rows(base, N, C, PREFETCH, left);
+      return {base, N};
+    }
   }
-  for (int64_t c = 0; c < C; ++c) stage(base + c * N, cnt, buf + c * TILE);
+  // each row's prefetch goes out with its copy, spread over the tile rather than in one burst
+  for (int64_t c = 0; c < C; ++c) {
+    stage(base + c * N, cnt, buf + c * TILE);
+    prefetch_rows(base + c * N, N, 1, PREFETCH, left);
+  }
   return {buf, TILE};
 }
 
-// Softmax over the classes of a tile: e (C x TILE, unnormalised exp(x - max)), r = 1 / sum_c e per
-// position, and, when lse is not null, the log-sum-exp per position (for the cross-entropy).
+// Store one vector; with stream, a non-temporal store (64-byte aligned addresses only): the gradient of a
+// large input is written once and not read back here, so it skips the read-for-ownership of the line,
+// a third of the backward's memory traffic.
 template <typename acc_t>
-inline void softmax_tile(const acc_t* x, int64_t xs, int64_t C, acc_t* e, acc_t* r, acc_t* lse) {
+inline void store_vec(const Vec<acc_t>& v, acc_t* dst, bool stream) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (stream) {
+    if constexpr (std::is_same_v<acc_t, float>) return _mm512_stream_ps(dst, v);
+    if constexpr (std::is_same_v<acc_t, double>) return _mm512_stream_pd(dst, v);
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if (stream) {
+    if constexpr (std::is_same_v<acc_t, float>) return _mm256_stream_ps(dst, v);
+    if constexpr (std::is_same_v<acc_t, double>) return _mm256_stream_pd(dst, v);
+  }
+#endif
+  v.store(dst);
+}
+
+inline void store_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// Outputs at least this large are written with non-temporal stores (they would not stay in cache).
+constexpr int64_t STREAM_BYTES = 8 << 20;
+
+// Vectors handled together in the class loops: U independent dependency chains (the running max, the
+// sum of exp, the accumulators) keep the FP pipes busy where one chain per class would wait on latency.
+constexpr int U = 4;
+
+// Softmax over the classes of a tile: e (C x TILE, unnormalised exp(x - max)), r = 1 / sum_c e per
+// position, and, when lse is not null, the log-sum-exp per position (for the cross-entropy). When wc
+// is not null, also ws = r * sum_c wc[c] p_c (SQ: r^2 * sum_c wc[c] e_c^2 = sum_c wc[c] p_c^2), the
+// weighted sum that the backward needs, accumulated while the exps are made.
+// Classes are the outer loop, U vectors of positions the inner one.
+template <typename acc_t, bool SQ = false>
+inline void softmax_tile(const acc_t* x, int64_t xs, int64_t C, acc_t* e, acc_t* r, acc_t* lse,
+                         const acc_t* wc = nullptr, acc_t* ws = nullptr) {
   constexpr int W = Vec<acc_t>::size();
-  for (int64_t v = 0; v < TILE; v += W) {
-    Vec<acc_t> mx = Vec<acc_t>::loadu(x + v);
-    for (int64_t c = 1; c < C; ++c) mx = at::vec::maximum(mx, Vec<acc_t>::loadu(x + c * xs + v));
-    Vec<acc_t> s(acc_t(0));
-    for (int64_t c = 0; c < C; ++c) {
-      const Vec<acc_t> ev = fast_exp(Vec<acc_t>::loadu(x + c * xs + v) - mx);
-      ev.store(e + c * TILE + v);
-      s = s + ev;
+  static_assert(TILE % (U * W) == 0, "a tile holds whole groups of U vectors");
+  for (int64_t v0 = 0; v0 < TILE; v0 += U * W) {
+    Vec<acc_t> mx[U], s[U], w[U];
+    for (int u = 0; u < U; ++u) mx[u] = Vec<acc_t>::loadu(x + v0 + u * W);
+    for (int64_t c = 1; c < C; ++c) {
+      for (int u = 0; u < U; ++u) mx[u] = at::vec::maximum(mx[u], Vec<acc_t>::loadu(x + c * xs + v0 + u * W));
     }
-    (Vec<acc_t>(acc_t(1)) / s).store(r + v);
-    if (lse) (mx + fast_log(s)).store(lse + v);
+    for (int u = 0; u < U; ++u) s[u] = w[u] = Vec<acc_t>(acc_t(0));
+    for (int64_t c = 0; c < C; ++c) {
+      const Vec<acc_t> k = wc ? Vec<acc_t>(wc[c]) : Vec<acc_t>(acc_t(0));
+      for (int u = 0; u < U; ++u) {
+        const Vec<acc_t> ev = fast_exp(Vec<acc_t>::loadu(x + c * xs + v0 + u * W) - mx[u]);
+        ev.store(e + c * TILE + v0 + u * W);
+        s[u] = s[u] + ev;
+        if (wc) w[u] = at::vec::fmadd(k, SQ ? ev * ev : ev, w[u]);
+      }
+    }
+    for (int u = 0; u < U; ++u) {
+      const Vec<acc_t> ru = Vec<acc_t>(acc_t(1)) / s[u];
+      ru.store(r + v0 + u * W);
+      if (lse) (mx[u] + fast_log(s[u])).store(lse + v0 + u * W);
+      if (wc) (SQ ? w[u] * ru * ru : w[u] * ru).store(ws + v0 + u * W);
+    }
   }
 }
 
-// The class index of each position of a tile as acc_t, -1 where the position is not valid (masked,
-// ignore_index, padding, or an index out of range), and the validity as 0/1.
+// The class index of each position of a tile as acc_t (tb) and int (ti), -1 where the position is not
+// valid (masked, ignore_index, padding, or an index out of range), and the validity as 0/1 (vb).
 template <typename acc_t>
 inline void index_tile(const int64_t* T, const bool* M, int64_t cnt, int64_t C, const Options& o, acc_t* tb,
-                       acc_t* vb) {
+                       acc_t* vb, int32_t* ti = nullptr) {
   for (int64_t j = 0; j < TILE; ++j) {
     const int64_t t = j < cnt ? T[j] : -1;
     const bool valid = j < cnt && (!M || M[j]) && !(o.has_ignore && t == o.ignore_index) && t >= 0 && t < C;
     tb[j] = valid ? static_cast<acc_t>(t) : acc_t(-1);
     vb[j] = valid ? acc_t(1) : acc_t(0);
+    if (ti) ti[j] = valid ? static_cast<int32_t>(t) : -1;
   }
 }
 
@@ -248,7 +336,7 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
 
   run_tasks(ntask, x.numel(), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> xbuf(C * TILE), eb(C * TILE), gbuf(o.index_target ? 0 : C * TILE);
-    alignas(64) acc_t lse[TILE] = {}, rb[TILE], vb[TILE], tb[TILE];
+    alignas(64) acc_t lse[TILE] = {}, rb[TILE], vb[TILE], tb[TILE] = {};
     // per class: I, P, G, E (E: the whole CE for dense targets; for index targets the part at the
     // target class in accT and the smoothing part in accE)
     std::vector<Vec<acc_t>> accI(C), accP(C), accG(C), accE(C), accT(C);
@@ -259,48 +347,60 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
       Vec<acc_t> accM(acc_t(0));
       for (int64_t t0 = n0; t0 < n1; t0 += TILE) {
         const int64_t cnt = std::min(TILE, n1 - t0);
-        const auto xr = tile_rows(X + b * C * N + t0, N, C, cnt, xbuf.data());
+        if (o.index_target) prefetch_rows(T + b * N, N, 1, t0 + PREFETCH, N);
+        const auto xr = tile_rows(X + b * C * N + t0, N, C, cnt, xbuf.data(), N - t0);
         softmax_tile(xr.ptr, xr.stride, C, eb.data(), rb, o.cross_entropy ? lse : nullptr);
         Rows<scalar_t, acc_t> gr{nullptr, 0};
         if (o.index_target) {
           index_tile(T + b * N + t0, M ? M + b * N + t0 : nullptr, cnt, C, o, tb, vb);
         } else {
-          gr = tile_rows(G + b * C * N + t0, N, C, cnt, gbuf.data());
+          gr = tile_rows(G + b * C * N + t0, N, C, cnt, gbuf.data(), N - t0);
           for (int64_t j = 0; j < TILE; ++j) vb[j] = (j < cnt && (!M || M[b * N + t0 + j])) ? acc_t(1) : acc_t(0);
         }
-        for (int64_t v = 0; v < TILE; v += W) {
-          const Vec<acc_t> m = Vec<acc_t>::loadu(vb + v);
-          const Vec<acc_t> mr = m * Vec<acc_t>::loadu(rb + v);  // mask / sum of exp
-          const Vec<acc_t> l = Vec<acc_t>::loadu(lse + v);
-          const Vec<acc_t> tv = Vec<acc_t>::loadu(tb + v);
-          accM = accM + m;
+        for (int64_t v0 = 0; v0 < TILE; v0 += U * W) {
+          Vec<acc_t> m[U], mr[U], rr[U], l[U], tv[U];
+          for (int u = 0; u < U; ++u) {
+            const int64_t v = v0 + u * W;
+            m[u] = Vec<acc_t>::loadu(vb + v);
+            rr[u] = Vec<acc_t>::loadu(rb + v);
+            mr[u] = m[u] * rr[u];  // mask / sum of exp
+            l[u] = Vec<acc_t>::loadu(lse + v);
+            tv[u] = Vec<acc_t>::loadu(tb + v);
+            accM = accM + m[u];
+          }
           for (int64_t c = 0; c < C; ++c) {
-            const Vec<acc_t> e = Vec<acc_t>::loadu(eb.data() + c * TILE + v);
-            const Vec<acc_t> mp = e * mr;  // m * p
-            if (o.squared) {
-              accP[c] = at::vec::fmadd(mp, e * Vec<acc_t>::loadu(rb + v), accP[c]);
-            } else {
-              accP[c] = accP[c] + mp;
-            }
-            if (o.index_target) {
-              const Vec<acc_t> hit = tv == Vec<acc_t>(acc_t(c));  // all-ones lanes where t == c (valid only)
-              accI[c] = accI[c] + (mp & hit);
-              accG[c] = accG[c] + (Vec<acc_t>(acc_t(1)) & hit);
-              if (o.cross_entropy) {
-                const Vec<acc_t> nll = l - Vec<acc_t>::loadu(xr.ptr + c * xr.stride + v);  // -log p
-                accT[c] = accT[c] + (nll & hit);
-                if (eps != acc_t(0)) accE[c] = at::vec::fmadd(m, nll, accE[c]);
+            Vec<acc_t> aI = accI[c], aP = accP[c], aG = accG[c], aE = accE[c], aT = accT[c];
+            const Vec<acc_t> cv(static_cast<acc_t>(c));
+            for (int u = 0; u < U; ++u) {
+              const int64_t v = v0 + u * W;
+              const Vec<acc_t> e = Vec<acc_t>::loadu(eb.data() + c * TILE + v);
+              const Vec<acc_t> mp = e * mr[u];  // m * p
+              aP = o.squared ? at::vec::fmadd(mp, e * rr[u], aP) : aP + mp;
+              if (o.index_target) {
+                const Vec<acc_t> hit = tv[u] == cv;  // all-ones lanes where t == c (valid only)
+                aI = aI + (mp & hit);
+                aG = aG + (Vec<acc_t>(acc_t(1)) & hit);
+                if (o.cross_entropy) {
+                  const Vec<acc_t> nll = l[u] - Vec<acc_t>::loadu(xr.ptr + c * xr.stride + v);  // -log p
+                  aT = aT + (nll & hit);
+                  if (eps != acc_t(0)) aE = at::vec::fmadd(m[u], nll, aE);
+                }
+              } else {
+                const Vec<acc_t> g = Vec<acc_t>::loadu(gr.ptr + c * gr.stride + v);
+                const Vec<acc_t> mg = m[u] * g;
+                aI = at::vec::fmadd(mp, g, aI);
+                aG = o.squared ? at::vec::fmadd(mg, g, aG) : aG + mg;
+                if (o.cross_entropy) {
+                  const Vec<acc_t> nll = l[u] - Vec<acc_t>::loadu(xr.ptr + c * xr.stride + v);
+                  aE = at::vec::fmadd(m[u] * at::vec::fmadd(g, one_eps, eps_c), nll, aE);
+                }
               }
-            } else {
-              const Vec<acc_t> g = Vec<acc_t>::loadu(gr.ptr + c * gr.stride + v);
-              const Vec<acc_t> mg = m * g;
-              accI[c] = at::vec::fmadd(mp, g, accI[c]);
-              accG[c] = o.squared ? at::vec::fmadd(mg, g, accG[c]) : accG[c] + mg;
-              if (o.cross_entropy) {
-                const Vec<acc_t> nll = l - Vec<acc_t>::loadu(xr.ptr + c * xr.stride + v);
-                accE[c] = at::vec::fmadd(m * at::vec::fmadd(g, one_eps, eps_c), nll, accE[c]);
-              }
             }
+            accI[c] = aI;
+            accP[c] = aP;
+            accG[c] = aG;
+            accE[c] = aE;
+            accT[c] = aT;
           }
         }
       }
@@ -349,10 +449,13 @@ void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
   const acc_t eps = static_cast<acc_t>(o.label_smoothing);
   constexpr int W = Vec<acc_t>::size();
 
+  // rows stay 64-byte aligned when N * sizeof is a multiple of 64
+  const bool stream_out = x.numel() * int64_t(sizeof(scalar_t)) >= STREAM_BYTES && (N * int64_t(sizeof(scalar_t))) % 64 == 0;
   run_tasks(ntask, x.numel(), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> xbuf(C * TILE), eb(C * TILE), gbuf(o.index_target ? 0 : C * TILE), db(C * TILE);
     std::vector<acc_t> cA(C), cB(C), cK(C), cEK(C);
-    alignas(64) acc_t rb[TILE], vb[TILE], tb[TILE];
+    alignas(64) acc_t rb[TILE], vb[TILE], tb[TILE], ws[TILE], fix[TILE];
+    int32_t ti[TILE];
     const Vec<acc_t> one_eps(acc_t(1) - eps), eps_c(eps / acc_t(C));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk, n0 = (task % nblk) * TASK, n1 = std::min(N, n0 + TASK);
@@ -365,49 +468,69 @@ void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
         cEK[c] = eps / acc_t(C) * cK[c];
         sumK += cK[c];
       }
-      const Vec<acc_t> eps_sumK(eps / acc_t(C) * sumK);
+      const acc_t eps_sumK = eps / acc_t(C) * sumK;
       for (int64_t t0 = n0; t0 < n1; t0 += TILE) {
         const int64_t cnt = std::min(TILE, n1 - t0);
-        const auto xr = tile_rows(X + b * C * N + t0, N, C, cnt, xbuf.data());
-        softmax_tile<acc_t>(xr.ptr, xr.stride, C, eb.data(), rb, nullptr);
+        if (o.index_target) prefetch_rows(T + b * N, N, 1, t0 + PREFETCH, N);
+        const auto xr = tile_rows(X + b * C * N + t0, N, C, cnt, xbuf.data(), N - t0);
         // direct output rows when no conversion and a full tile
         scalar_t* drow = D + b * C * N + t0;
         acc_t* dst = db.data();
         int64_t ds = TILE;
+        bool stream = false;
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
           if (cnt == TILE) {
             dst = drow;
             ds = N;
+            stream = stream_out && reinterpret_cast<uintptr_t>(drow) % 64 == 0;
           }
         }
         if (o.index_target) {
-          index_tile(T + b * N + t0, M ? M + b * N + t0 : nullptr, cnt, C, o, tb, vb);
-          for (int64_t v = 0; v < TILE; v += W) {
-            const Vec<acc_t> m = Vec<acc_t>::loadu(vb + v), r = Vec<acc_t>::loadu(rb + v);
-            const Vec<acc_t> tv = Vec<acc_t>::loadu(tb + v);
-            // r_n = sum_c p ub_c;  at = A_t p_t;  kt = (1 - eps) K_t + eps/C sum K
-            Vec<acc_t> rsum(acc_t(0)), at(acc_t(0)), kt(acc_t(0));
-            for (int64_t c = 0; c < C; ++c) {
-              const Vec<acc_t> p = Vec<acc_t>::loadu(eb.data() + c * TILE + v) * r;
-              const Vec<acc_t> ub = o.squared ? Vec<acc_t>(cB[c]) * p : Vec<acc_t>(cB[c]);
-              rsum = at::vec::fmadd(p, ub, rsum);
-              const Vec<acc_t> hit = tv == Vec<acc_t>(acc_t(c));
-              at = at + ((Vec<acc_t>(cA[c]) * p) & hit);
-              if (o.cross_entropy) kt = kt + (Vec<acc_t>(cK[c]) & hit);
+          // R_n = sum_c p_c ub_c + A_t p_t - kt, with ub_c = Bq_c (p_c Bq_c squared) and kt = (1 - eps) K_t +
+          // eps/C sum K; d_c = m (p_c (ub_c - R) - eps/C K_c), plus m (A_t p_t - (1 - eps) K_t) at c = t.
+          // The sum over the classes comes out of the exp pass (ws); the target class is read by its index.
+          if (o.squared) {
+            softmax_tile<acc_t, true>(xr.ptr, xr.stride, C, eb.data(), rb, nullptr, cB.data(), ws);
+          } else {
+            softmax_tile<acc_t, false>(xr.ptr, xr.stride, C, eb.data(), rb, nullptr, cB.data(), ws);
+          }
+          index_tile(T + b * N + t0, M ? M + b * N + t0 : nullptr, cnt, C, o, tb, vb, ti);
+          for (int64_t j = 0; j < TILE; ++j) {
+            const int32_t t = ti[j];
+            if (t < 0) {
+              fix[j] = acc_t(0);
+              continue;
             }
-            if (o.cross_entropy) kt = at::vec::fmadd(kt, one_eps, eps_sumK) & (m == Vec<acc_t>(acc_t(1)));
-            const Vec<acc_t> R = rsum + at - kt;
+            const acc_t at = cA[t] * eb[t * TILE + j] * rb[j];
+            const acc_t kt = o.cross_entropy ? (acc_t(1) - eps) * cK[t] + eps_sumK : acc_t(0);
+            ws[j] += at - kt;                       // R
+            fix[j] = at - (acc_t(1) - eps) * cK[t];  // the target class's extra term
+          }
+          for (int64_t v0 = 0; v0 < TILE; v0 += U * W) {
+            Vec<acc_t> m[U], r[U], R[U], F[U], tv[U];
+            for (int u = 0; u < U; ++u) {
+              m[u] = Vec<acc_t>::loadu(vb + v0 + u * W);
+              r[u] = Vec<acc_t>::loadu(rb + v0 + u * W);
+              R[u] = Vec<acc_t>::loadu(ws + v0 + u * W);
+              F[u] = Vec<acc_t>::loadu(fix + v0 + u * W);
+              tv[u] = Vec<acc_t>::loadu(tb + v0 + u * W);
+            }
             for (int64_t c = 0; c < C; ++c) {
-              const Vec<acc_t> p = Vec<acc_t>::loadu(eb.data() + c * TILE + v) * r;
-              const Vec<acc_t> ub = o.squared ? Vec<acc_t>(cB[c]) * p : Vec<acc_t>(cB[c]);
-              Vec<acc_t> d = p * (ub - R) - Vec<acc_t>(cEK[c]);
-              const Vec<acc_t> hit = tv == Vec<acc_t>(acc_t(c));
-              d = d + ((at - Vec<acc_t>((acc_t(1) - eps) * cK[c])) & hit);
-              (m * d).store(dst + c * ds + v);
+              const Vec<acc_t> bq(cB[c]), ek(cEK[c]), cv(static_cast<acc_t>(c));
+              for (int u = 0; u < U; ++u) {
+                const int64_t v = v0 + u * W;
+                const Vec<acc_t> p = Vec<acc_t>::loadu(eb.data() + c * TILE + v) * r[u];
+                const Vec<acc_t> ub = o.squared ? bq * p : bq;
+                Vec<acc_t> d = p * (ub - R[u]);
+                if (o.cross_entropy) d = d - ek;
+                // m * d, plus the target class's term (fix is 0 where the position is not valid)
+                store_vec(at::vec::fmadd(m[u], d, F[u] & (tv[u] == cv)), dst + c * ds + v, stream);
+              }
             }
           }
         } else {
-          const auto gr = tile_rows(G + b * C * N + t0, N, C, cnt, gbuf.data());
+          softmax_tile<acc_t>(xr.ptr, xr.stride, C, eb.data(), rb, nullptr);
+          const auto gr = tile_rows(G + b * C * N + t0, N, C, cnt, gbuf.data(), N - t0);
           for (int64_t j = 0; j < TILE; ++j) vb[j] = (j < cnt && (!M || M[b * N + t0 + j])) ? acc_t(1) : acc_t(0);
           for (int64_t v = 0; v < TILE; v += W) {
             const Vec<acc_t> m = Vec<acc_t>::loadu(vb + v), r = Vec<acc_t>::loadu(rb + v);
@@ -435,6 +558,7 @@ void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
         }
       }
     }
+    if (stream_out) store_fence();  // non-temporal stores are visible before the task ends
   });
 }
 
