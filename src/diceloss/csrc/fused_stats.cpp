@@ -197,6 +197,21 @@ inline Vec<float> exp_nonpos<float>(const Vec<float>& v) {
 }
 #endif
 
+// The sigmoid through e = exp(-|x|), which never overflows: r = 1 / (1 + e), p = r for x >= 0 and
+// e r below; p (1 - p) = e r^2 on both sides, and log(1 + e) is the softplus tail of the BCE.
+template <typename acc_t>
+struct Sigmoid {
+  Vec<acc_t> e, r, p;
+};
+
+template <typename acc_t>
+inline Sigmoid<acc_t> sigmoid_parts(const Vec<acc_t>& x) {
+  const Vec<acc_t> one(acc_t(1));
+  const Vec<acc_t> e = exp_nonpos(x.abs().neg());
+  const Vec<acc_t> r = one / (one + e);
+  return {e, r, Vec<acc_t>::blendv(e * r, r, x >= Vec<acc_t>(acc_t(0)))};
+}
+
 // max for the softmax shift: no NaN bookkeeping (a NaN logit makes its exp NaN, and with it the whole
 // position, whichever the shift), one instruction instead of three.
 template <typename acc_t>
@@ -671,8 +686,8 @@ void sigmoid_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
           Vec<acc_t> g = Vec<acc_t>::loadu(tile.g + v);
           Vec<acc_t> m = tile.use_vb ? Vec<acc_t>::loadu(vb + v) : one;
           valid_target(o, m, g);
-          const Vec<acc_t> e = fast_exp(xv.neg());
-          const Vec<acc_t> p = one / (one + e);
+          const Sigmoid<acc_t> sg = sigmoid_parts(xv);
+          const Vec<acc_t> p = sg.p;
           const Vec<acc_t> mp = m * p, mg = m * g;
           aI = at::vec::fmadd(mp, g, aI);
           aP = o.squared ? at::vec::fmadd(mp, p, aP) : aP + mp;
@@ -681,7 +696,7 @@ void sigmoid_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
           if (o.cross_entropy) {
             // BCE with logits: max(x, 0) - x g~ + log(1 + exp(-|x|))
             const Vec<acc_t> gs = at::vec::fmadd(g, one_eps, half_eps);
-            const Vec<acc_t> bce = at::vec::maximum(xv, zero) - xv * gs + log1p_small(at::vec::minimum(e, one / e));
+            const Vec<acc_t> bce = at::vec::maximum(xv, zero) - xv * gs + log1p_small(sg.e);
             aE = at::vec::fmadd(m, bce, aE);
           }
         }
@@ -738,9 +753,10 @@ void sigmoid_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
           Vec<acc_t> g = Vec<acc_t>::loadu(tile.g + v);
           Vec<acc_t> m = tile.use_vb ? Vec<acc_t>::loadu(vb + v) : one;
           valid_target(o, m, g);
-          const Vec<acc_t> p = one / (one + fast_exp(xv.neg()));
+          const Sigmoid<acc_t> sg = sigmoid_parts(xv);
+          const Vec<acc_t> p = sg.p;
           const Vec<acc_t> ub = o.squared ? Bq * p : Bq;
-          Vec<acc_t> d = at::vec::fmadd(A, g, ub) * (p * (one - p));
+          Vec<acc_t> d = at::vec::fmadd(A, g, ub) * (sg.e * sg.r * sg.r);  // p (1 - p)
           if (o.cross_entropy) d = at::vec::fmadd(KE, p - at::vec::fmadd(g, one_eps, half_eps), d);
           (m * d).store(dst + v);
         }
