@@ -180,6 +180,11 @@ def dice_loss(
     o = _Overlap(
         mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
     )
+    return _dice_loss(input, target, mask, o, squared, log, smooth_nr, smooth_dr, absent, soft_label, reduction)
+
+
+def _dice_loss(input, target, mask, o: _Overlap, squared, log, smooth_nr, smooth_dr, absent, soft_label, reduction):
+    """dice_loss with its options already checked (DiceLoss checks them once, in its constructor)."""
     prep, stats, w = _overlap(input, target, mask, o, StatsRequest(squared=squared, soft_label=soft_label))
     return _dice_term(
         prep,
@@ -190,7 +195,7 @@ def dice_loss(
         smooth_dr=smooth_dr,
         absent=absent,
         reduction=reduction,
-        batch_dice=batch_dice,
+        batch_dice=o.batch_dice,
     )
 
 

@@ -152,7 +152,11 @@ class DiceLoss(_OverlapLoss):
         self.log = log
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return functional.dice_loss(input, target, mask, squared=self.squared, log=self.log, **self._common())
+        # the options were checked by the constructor: straight to the implementation (per-call cost)
+        return functional._dice_loss(
+            input, target, mask, self._overlap_options(), self.squared, self.log, self.smooth_nr, self.smooth_dr,
+            self.absent, self.soft_label, self.reduction,
+        )
 
 
 class JaccardLoss(_OverlapLoss):

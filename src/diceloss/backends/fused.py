@@ -454,7 +454,8 @@ class _EagerOps:
         op and the heads, and the backward stacks only the gradients that arrive."""
 
         @staticmethod
-        def forward(ctx, x, target, mask, *options):
+        def forward(ctx, x, target, mask, options):
+            # options as one tuple: apply() inspects every argument, a cost per argument and call
             ctx.save_for_backward(x, target, mask)
             ctx.options = options
             ctx.set_materialize_grads(False)
@@ -466,18 +467,18 @@ class _EagerOps:
         def backward(ctx, *grads):
             arrived = [g for g in grads if g is not None]
             if not ctx.needs_input_grad[0] or not arrived:
-                return (None,) * 11
+                return None, None, None, None
             zero = arrived[0].new_zeros(())
             coef = torch.stack([zero.expand_as(arrived[0]) if g is None else g for g in grads], dim=-1)
-            return _EagerOps._Stats.backward(ctx, coef)
+            return _EagerOps._Stats.backward(ctx, coef)[:1] + (None, None, None)
 
     @staticmethod
     def fused_stats(*args):
         return _EagerOps._Stats.apply(*args)
 
     @staticmethod
-    def fused_stats_split(*args):
-        return _EagerOps._StatsSplit.apply(*args)
+    def fused_stats_split(x, target, mask, *options):
+        return _EagerOps._StatsSplit.apply(x, target, mask, options)
 
 
 _EAGER = _EagerOps()
