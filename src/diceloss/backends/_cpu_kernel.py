@@ -70,7 +70,7 @@ def enabled() -> bool:
     return _enabled
 
 
-def _build() -> ModuleType:
+def _build(variant: str = "", arch_flags: tuple[str, ...] = ("-march=native",)) -> ModuleType:
     from torch.utils import cpp_extension
 
     if shutil.which("ninja") is None:
@@ -79,12 +79,12 @@ def _build() -> ModuleType:
 
         bindir = str(Path(sys.executable).parent)
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    directory = build_dir()
+    directory = build_dir() / variant if variant else build_dir()
     directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
-        name="diceloss_fused_cpu_" + _key(),
+        name="diceloss_fused_cpu_" + _key() + (f"_{variant}" if variant else ""),
         sources=[str(_SOURCE)],
-        extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"],
+        extra_cflags=["-O3", *arch_flags, "-fopenmp", "-ffp-contract=off"],
         build_directory=str(directory),
         verbose=os.environ.get("DICELOSS_BUILD_VERBOSE", "") == "1",
     )
@@ -121,3 +121,17 @@ def status() -> str:
     if mod is None:
         return f"pure-PyTorch chunked path (compiled kernel unavailable: {_error})"
     return f"compiled C++ kernel ({mod.build_info()}, cache {build_dir()})"
+
+
+# Instruction-set variants of the kernel, for the tests: the machine that builds diceloss picks the
+# widest at::vec specialisation it has (AVX-512 here), so the AVX2 and portable code paths that other
+# machines compile would otherwise never run in CI.
+VARIANTS = {
+    "avx2": ("-march=native", "-DDICELOSS_NO_AVX512"),
+    "portable": ("-march=x86-64",),
+}
+
+
+def build_variant(name: str) -> ModuleType:
+    """The kernel compiled for one of :data:`VARIANTS` (cached next to the native build)."""
+    return _build(name, VARIANTS[name])
