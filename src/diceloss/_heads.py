@@ -169,4 +169,7 @@ def cross_entropy_term(
         den = (G if w is None else G * w).sum() if target_is_index else count[:, 0].sum()
     else:
         den = count.sum()
+    if w is None:
+        # without a weight den counts positions (or elements): a whole number, 0 only when num is 0 too
+        return num / den.clamp_min(1)
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))

@@ -393,7 +393,9 @@ def _compound(
         target_is_index=prep.target_is_index or w is not None,
         reduction=reduction,
     )
-    return lambda_dice * dice + lambda_other * other_term, dice.detach(), other_term.detach()
+    scaled_dice = dice if lambda_dice == 1 else lambda_dice * dice
+    scaled_other = other_term if lambda_other == 1 else lambda_other * other_term
+    return scaled_dice + scaled_other, dice.detach(), other_term.detach()
 
 
 def dice_ce_loss(

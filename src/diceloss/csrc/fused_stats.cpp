@@ -267,6 +267,18 @@ inline Vec<acc_t> log1p_small(const Vec<acc_t>& e) {
   return Vec<acc_t>::blendv(r, e, d == Vec<acc_t>(acc_t(0)));
 }
 
+// float: log(1 + e) = e q(e) with q a degree-9 polynomial fitted to log1p(e)/e on [0, 1] (Chebyshev
+// least squares; 1.6e-7 relative in float32 Horner, exact for tiny e): 10 instructions, no log, no division.
+template <>
+inline Vec<float> log1p_small<float>(const Vec<float>& e) {
+  static constexpr float k[] = {1.000000000e+00f, -4.999985099e-01f, 3.332909942e-01f, -2.494780868e-01f,
+                                1.965148896e-01f, -1.525144577e-01f, 1.053322032e-01f, -5.643497035e-02f,
+                                1.964914240e-02f, -3.214032156e-03f};
+  Vec<float> q(k[9]);
+  for (int i = 8; i >= 0; --i) q = at::vec::fmadd(q, e, Vec<float>(k[i]));
+  return e * q;
+}
+
 // Software prefetch of the tile PREFETCH positions ahead, every row of it: a tile reads C rows (and
 // the backward writes C more) N elements apart, more concurrent streams than the hardware prefetchers
 // follow, and without this the first pass over a tile waits on memory.
