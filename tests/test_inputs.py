@@ -678,3 +678,19 @@ def test_metrics_bad_input():
         t.clamp_max(2),
         mode="multiclass",
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_unit_interval_fast_path_is_exact(dtype):
+    # the bit-pattern test says "surely in [0, 1]" only when every value is; it may defer (-0.0) but never err
+    specials = torch.tensor([0.0, -0.0, 1.0, 0.5, 1e-30, -1e-30, 1.0 + 1e-3, -1.0, 2.0, float("inf"), float("-inf"),
+                             float("nan"), -float("nan"), 255.0], dtype=torch.float64).to(dtype)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        t = specials[torch.randint(0, len(specials), (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)]
+        exact = bool(((t >= 0) & (t <= 1)).all())
+        fast = _inputs._surely_in_unit_interval(t)
+        assert not fast or exact, t
+        if exact and not bool(torch.signbit(t).any()):
+            assert fast, t  # no -0.0: the fast path decides
+    assert _inputs._surely_in_unit_interval(torch.rand(4, 1, 33, 17, generator=g).to(dtype)[:, :, ::2])

@@ -424,6 +424,27 @@ def _mask_layout(mask: Tensor, B: int, spatial: tuple[int, ...]) -> Tensor:
     return (m != 0).reshape(B, -1)
 
 
+# The bit pattern of 1.0 in each floating dtype, and the integer dtype of its size. Non-negative floats
+# order like their bit patterns read as integers; negative floats (sign bit) read as negative integers;
+# NaN reads above 1.0 (or negative). So integers in [0, bits(1.0)] are exactly the floats in [+0, 1].
+_ONE_BITS = {
+    torch.float32: (torch.int32, 0x3F800000),
+    torch.float64: (torch.int64, 0x3FF0000000000000),
+    torch.float16: (torch.int16, 0x3C00),
+    torch.bfloat16: (torch.int16, 0x3F80),
+}
+
+
+def _surely_in_unit_interval(t: Tensor) -> bool:
+    """True when every value is in [+0, 1], from an integer min/max of the bit patterns (about twice as fast
+    as a floating aminmax, which handles NaN). False means "look closer" (-0.0 also lands here)."""
+    if t.dtype not in _ONE_BITS:
+        return False
+    int_dtype, one = _ONE_BITS[t.dtype]
+    lo, hi = (int(v) for v in torch.aminmax(t.view(int_dtype)))
+    return lo >= 0 and hi <= one
+
+
 def _check_values(logits, target, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn) -> None:
     target = target.detach()  # a soft target may require grad; reading its values needs no graph
     if not from_logits and logits.numel():
@@ -455,7 +476,7 @@ def _check_values(logits, target, target_is_index, mode, from_logits, ignore_ind
     if ignore_index is not None and mode != "multiclass":
         valid = target != ignore_index
     vals = target if valid is None else target[valid]
-    if vals.numel():
+    if vals.numel() and not (valid is None and _surely_in_unit_interval(vals)):
         lo, hi = (float(v) for v in torch.aminmax(vals))  # one pass; NaN propagates to both
         if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
             named = mode != "multiclass" and ignore_index is not None
