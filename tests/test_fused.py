@@ -471,3 +471,19 @@ def test_registered_op_matches_eager_function(path):
     (g,) = torch.autograd.grad(torch.ops.diceloss.fused_stats(xx, *args)[..., 0].sum(), xx, create_graph=True)
     with pytest.raises(RuntimeError, match='backend="reference"'):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("huge_pages", [True, False])
+def test_gradient_of_32_mib_and_more(huge_pages):
+    # 34 MiB of float32 logits: the kernel advises the gradient's pages to transparent huge pages (or not,
+    # DICELOSS_NO_HUGEPAGES=1); the numbers must not depend on it
+    kernel = _cpu_kernel.load()
+    assert kernel is not None or os.environ.get("DICELOSS_NO_CPP"), _cpu_kernel.status()
+    if kernel is None:
+        return
+    previous = kernel.set_huge_pages(huge_pages)
+    try:
+        x, t, kw = make_case("index_ignore", 1, 2, (2**22 + 2**18,), torch.float32, seed=5)
+        compare(x, t, dict(kw, cross_entropy=True), torch.float32)
+    finally:
+        kernel.set_huge_pages(previous)

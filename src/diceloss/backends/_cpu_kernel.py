@@ -7,6 +7,10 @@ compiler (``-O3 -march=native -fopenmp``, vectorised with ``at::vec`` and parall
 version and the CPU flags. Concurrent builds (pytest-xdist workers) are serialised by the lock file that
 ``cpp_extension`` keeps in the build directory.
 
+Gradients of 32 MiB and more are advised to transparent huge pages before the kernel first writes them
+(a fresh mapping on every call, whose 4 KiB page faults would otherwise cost more than the kernel);
+``DICELOSS_NO_HUGEPAGES=1`` turns that off.
+
 ``DICELOSS_NO_CPP=1`` turns the kernel off (the fused backend then runs its pure-PyTorch chunked
 path); :func:`set_enabled` does the same at run time. :func:`status` says which path runs and why.
 """
@@ -103,6 +107,8 @@ def load() -> ModuleType | None:
             try:
                 existed = any(build_dir().glob("*.so"))
                 _module = _build()
+                if os.environ.get("DICELOSS_NO_HUGEPAGES", "").strip().lower() in ("1", "true", "yes", "on"):
+                    _module.set_huge_pages(False)
                 if not existed:
                     build_seconds = time.perf_counter() - start
             except Exception as err:  # no compiler, no ninja, headers missing: fall back, say why
