@@ -164,7 +164,12 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
             _cpu_kernel.set_enabled(True)
         if world.initialised_here:
-            dist.destroy_process_group()
+            # every rank reaches the teardown together: a rank that closes its gloo connections while the
+            # other is still writing its results can make the other's gloo threads abort the process at exit
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 def _pick_examples(data: SegmentationSet, tiny: int, n: int) -> torch.Tensor:
