@@ -236,10 +236,15 @@ def jaccard_loss(
     o = _Overlap(
         mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
     )
+    return _jaccard_loss(input, target, mask, o, smooth_nr, smooth_dr, absent, soft_label, reduction)
+
+
+def _jaccard_loss(input, target, mask, o: _Overlap, smooth_nr, smooth_dr, absent, soft_label, reduction):
+    """jaccard_loss with its options already checked (JaccardLoss checks them in its constructor)."""
     prep, stats, w = _overlap(input, target, mask, o, StatsRequest(soft_label=soft_label))
     I, P, G, w, present = _per_class(prep, stats, w, absent)
     loss = 1 - _heads.jaccard_score(I, P, G, smooth_nr, smooth_dr)
-    return _heads.reduce_class_losses(loss, w, present, reduction, batch_dice)
+    return _heads.reduce_class_losses(loss, w, present, reduction, o.batch_dice)
 
 
 def _check_tversky(alpha: float, beta: float, exponent: float) -> None:
@@ -296,11 +301,20 @@ def tversky_loss(
     o = _Overlap(
         mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
     )
+    return _tversky_loss(
+        input, target, mask, o, alpha, beta, exponent, smooth_nr, smooth_dr, absent, soft_label, reduction
+    )
+
+
+def _tversky_loss(
+    input, target, mask, o: _Overlap, alpha, beta, exponent, smooth_nr, smooth_dr, absent, soft_label, reduction
+):
+    """tversky_loss with its options already checked (TverskyLoss checks them in its constructor)."""
     prep, stats, w = _overlap(input, target, mask, o, StatsRequest(soft_label=soft_label))
     I, P, G, w, present = _per_class(prep, stats, w, absent)
     loss = 1 - _heads.tversky_score(I, P, G, alpha, beta, smooth_nr, smooth_dr)
     loss = _heads.safe_pow(loss, exponent)
-    return _heads.reduce_class_losses(loss, w, present, reduction, batch_dice)
+    return _heads.reduce_class_losses(loss, w, present, reduction, o.batch_dice)
 
 
 def generalized_dice_loss(
@@ -344,10 +358,15 @@ def generalized_dice_loss(
     o = _Overlap(
         mode, from_logits, include_background, None, ignore_index, batch_dice, backend, distributed, process_group
     )
+    return _generalized_dice_loss(input, target, mask, o, weighting, smooth_nr, smooth_dr, soft_label, reduction)
+
+
+def _generalized_dice_loss(input, target, mask, o: _Overlap, weighting, smooth_nr, smooth_dr, soft_label, reduction):
+    """generalized_dice_loss with its options already checked (GeneralizedDiceLoss checks them once)."""
     prep, stats, _ = _overlap(input, target, mask, o, StatsRequest(soft_label=soft_label))
     I, P, G, _, _ = _per_class(prep, stats, None, "include")
     loss = _heads.generalized_dice_loss(I, P, G, weighting, smooth_nr, smooth_dr)
-    return _heads.reduce_groups(loss, reduction, batch_dice)
+    return _heads.reduce_groups(loss, reduction, o.batch_dice)
 
 
 def _compound(
@@ -443,6 +462,10 @@ def dice_ce_loss(
     o = _Overlap(
         mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
     )
+    _check_compound(
+        "DiceCELoss", o, reduction, smooth_nr, smooth_dr, absent, lambda_dice=lambda_dice, lambda_ce=lambda_ce
+    )
+    _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
     return _dice_ce(
         input,
         target,
@@ -487,11 +510,8 @@ def _dice_ce(
     lambda_ce,
     label_smoothing,
 ):
-    """(total, detached Dice, detached CE) of :func:`dice_ce_loss`; the module keeps the terms for logging."""
-    _check_compound(
-        "DiceCELoss", o, reduction, smooth_nr, smooth_dr, absent, lambda_dice=lambda_dice, lambda_ce=lambda_ce
-    )
-    _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
+    """(total, detached Dice, detached CE) of :func:`dice_ce_loss`, options already checked (by dice_ce_loss, or
+    by DiceCELoss's constructor); the module keeps the terms for logging."""
     request = StatsRequest(
         squared=squared, soft_label=soft_label, cross_entropy=True, label_smoothing=float(label_smoothing)
     )
@@ -555,6 +575,10 @@ def dice_focal_loss(
     o = _Overlap(
         mode, from_logits, include_background, weight, ignore_index, batch_dice, backend, distributed, process_group
     )
+    _check_compound(
+        "DiceFocalLoss", o, reduction, smooth_nr, smooth_dr, absent, lambda_dice=lambda_dice, lambda_focal=lambda_focal
+    )
+    _inputs.check_nonnegative("gamma", gamma)
     return _dice_focal(
         input,
         target,
@@ -590,11 +614,7 @@ def _dice_focal(
     lambda_dice,
     lambda_focal,
 ):
-    """(total, detached Dice, detached focal) of :func:`dice_focal_loss`."""
-    _check_compound(
-        "DiceFocalLoss", o, reduction, smooth_nr, smooth_dr, absent, lambda_dice=lambda_dice, lambda_focal=lambda_focal
-    )
-    _inputs.check_nonnegative("gamma", gamma)
+    """(total, detached Dice, detached focal) of :func:`dice_focal_loss`, options already checked."""
     request = StatsRequest(squared=squared, soft_label=soft_label, focal_gamma=float(gamma))
     return _compound(
         input,

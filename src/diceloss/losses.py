@@ -112,10 +112,6 @@ class _OverlapLoss(nn.Module):
             reduction=self.reduction,
         )
 
-    def _common(self) -> dict:
-        """Every option, as keywords of the functional form."""
-        return {**self._overlap_options()._asdict(), **self._head_options()}
-
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, reduction={self.reduction!r}, batch_dice={self.batch_dice}"
 
@@ -179,7 +175,10 @@ class JaccardLoss(_OverlapLoss):
     )
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return functional.jaccard_loss(input, target, mask, **self._common())
+        return functional._jaccard_loss(
+            input, target, mask, self._overlap_options(), self.smooth_nr, self.smooth_dr, self.absent,
+            self.soft_label, self.reduction,
+        )
 
 
 class TverskyLoss(_OverlapLoss):
@@ -219,8 +218,9 @@ class TverskyLoss(_OverlapLoss):
         self.alpha, self.beta, self.exponent = alpha, beta, exponent
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return functional.tversky_loss(
-            input, target, mask, alpha=self.alpha, beta=self.beta, exponent=self.exponent, **self._common()
+        return functional._tversky_loss(
+            input, target, mask, self._overlap_options(), self.alpha, self.beta, self.exponent, self.smooth_nr,
+            self.smooth_dr, self.absent, self.soft_label, self.reduction,
         )
 
 
@@ -266,24 +266,20 @@ class GeneralizedDiceLoss(nn.Module):
             mode, reduction, smooth_nr, smooth_dr, backend, "include", ignore_index, distributed, batch_dice
         )
         _inputs.check_choice("weighting", weighting, _inputs.WEIGHTINGS)
-        self.options = dict(
-            mode=mode,
-            from_logits=from_logits,
-            include_background=include_background,
-            ignore_index=ignore_index,
-            batch_dice=batch_dice,
-            weighting=weighting,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-            soft_label=soft_label,
-            reduction=reduction,
-            backend=backend,
-            distributed=distributed,
-            process_group=process_group,
+        self.overlap = functional._Overlap(
+            mode, from_logits, include_background, None, ignore_index, batch_dice, backend, distributed, process_group
         )
+        self.weighting = weighting
+        self.smooth_nr = smooth_nr
+        self.smooth_dr = smooth_dr
+        self.soft_label = soft_label
+        self.reduction = reduction
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return functional.generalized_dice_loss(input, target, mask, **self.options)
+        return functional._generalized_dice_loss(
+            input, target, mask, self.overlap, self.weighting, self.smooth_nr, self.smooth_dr, self.soft_label,
+            self.reduction,
+        )
 
 
 class _CompoundLoss(_OverlapLoss):

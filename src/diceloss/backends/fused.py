@@ -78,8 +78,7 @@ def auto_prefers(prep: Prepared, request: StatsRequest) -> bool:
 
 
 def _kernel_would_run(x: Tensor, activation: str, request: StatsRequest) -> bool:
-    covered = kernel_covers(activation, request.soft_label, request.squared, request.focal_gamma, x.device)
-    return covered and _cpu_kernel.load() is not None
+    return _use_kernel(x, activation, request.soft_label, request.squared, request.focal_gamma) is not None
 
 
 def status() -> str:
@@ -431,14 +430,7 @@ class _EagerOps:
 
         @staticmethod
         def backward(ctx, grad):
-            x, target, mask = ctx.saved_tensors
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                if torch.is_grad_enabled():  # create_graph=True: a node whose own backward raises
-                    grad_x = _EagerOps._Backward.apply(grad, x, target, mask, *ctx.options)
-                else:
-                    grad_x = _backward_impl(grad, x, target, mask, *ctx.options)
-            return (grad_x,) + (None,) * 10
+            return (_EagerOps.grad_input(ctx, grad),) + (None,) * 10
 
     class _Backward(torch.autograd.Function):
         @staticmethod
@@ -466,11 +458,21 @@ class _EagerOps:
         @staticmethod
         def backward(ctx, *grads):
             arrived = [g for g in grads if g is not None]
-            if not ctx.needs_input_grad[0] or not arrived:
+            if not arrived:
                 return None, None, None, None
             zero = arrived[0].new_zeros(())
             coef = torch.stack([zero.expand_as(arrived[0]) if g is None else g for g in grads], dim=-1)
-            return _EagerOps._Stats.backward(ctx, coef)[:1] + (None, None, None)
+            return _EagerOps.grad_input(ctx, coef), None, None, None
+
+    @staticmethod
+    def grad_input(ctx, coef: Tensor) -> Tensor | None:
+        """dL/dx of either Function from the (B, C, 6) coefficients and what its forward saved."""
+        if not ctx.needs_input_grad[0]:
+            return None
+        x, target, mask = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a node whose own backward raises
+            return _EagerOps._Backward.apply(coef, x, target, mask, *ctx.options)
+        return _backward_impl(coef, x, target, mask, *ctx.options)
 
     @staticmethod
     def fused_stats(*args):

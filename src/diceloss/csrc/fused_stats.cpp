@@ -290,23 +290,21 @@ constexpr int64_t PREFETCH = 2 * TILE;
 
 // GCC deletes a loop whose body is only __builtin_prefetch (no side effects, C++ forward progress),
 // so on x86 the prefetch is an asm statement.
-inline void prefetch_line(const char* p, bool write) {
+inline void prefetch_line(const char* p) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (write) asm volatile("prefetchw %0" : : "m"(*p));
-  else asm volatile("prefetcht0 %0" : : "m"(*p));
+  asm volatile("prefetcht0 %0" : : "m"(*p));
 #else
-  if (write) __builtin_prefetch(p, 1, 3);
-  else __builtin_prefetch(p, 0, 3);
+  __builtin_prefetch(p, 0, 3);
 #endif
 }
 
 template <typename T>
-inline void prefetch_rows(const T* base, int64_t stride, int64_t rows, int64_t pos, int64_t end, bool write = false) {
+inline void prefetch_rows(const T* base, int64_t stride, int64_t rows, int64_t pos, int64_t end) {
   if (pos >= end) return;
   const int64_t n = std::min(TILE, end - pos);
   for (int64_t c = 0; c < rows; ++c) {
     const char* p = reinterpret_cast<const char*>(base + c * stride + pos);
-    for (int64_t k = 0; k < n * int64_t(sizeof(T)); k += 64) prefetch_line(p + k, write);
+    for (int64_t k = 0; k < n * int64_t(sizeof(T)); k += 64) prefetch_line(p + k);
   }
 }
 
@@ -408,15 +406,21 @@ inline void softmax_tile(const acc_t* x, int64_t xs, int64_t C, acc_t* e, acc_t*
 // The class index of each position of a tile as acc_t (tb) and int (ti), -1 where the position is not
 // valid (masked, ignore_index, padding, or an index out of range), and the validity as 0/1 (vb).
 template <typename acc_t>
-inline void index_tile(const int64_t* T, const bool* M, int64_t cnt, int64_t C, const Options& o, acc_t* tb,
-                       acc_t* vb, int32_t* ti = nullptr) {
-  for (int64_t j = 0; j < TILE; ++j) {
+inline void index_positions(const int64_t* T, const bool* M, int64_t j0, int64_t cnt, int64_t C, const Options& o,
+                            acc_t* tb, acc_t* vb, int32_t* ti) {
+  for (int64_t j = j0; j < TILE; ++j) {
     const int64_t t = j < cnt ? T[j] : -1;
     const bool valid = j < cnt && (!M || M[j]) && !(o.has_ignore && t == o.ignore_index) && t >= 0 && t < C;
     tb[j] = valid ? static_cast<acc_t>(t) : acc_t(-1);
     vb[j] = valid ? acc_t(1) : acc_t(0);
     if (ti) ti[j] = valid ? static_cast<int32_t>(t) : -1;
   }
+}
+
+template <typename acc_t>
+inline void index_tile(const int64_t* T, const bool* M, int64_t cnt, int64_t C, const Options& o, acc_t* tb,
+                       acc_t* vb, int32_t* ti = nullptr) {
+  index_positions(T, M, 0, cnt, C, o, tb, vb, ti);
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -444,13 +448,7 @@ inline void index_tile<float>(const int64_t* T, const bool* M, int64_t cnt, int6
     _mm512_storeu_ps(vb + j, _mm512_maskz_mov_ps(k, _mm512_set1_ps(1.0f)));
     if (ti) _mm512_storeu_si512(ti + j, t);
   }
-  for (; j < TILE; ++j) {
-    const int64_t t = j < cnt ? T[j] : -1;
-    const bool valid = j < cnt && (!M || M[j]) && !(o.has_ignore && t == o.ignore_index) && t >= 0 && t < C;
-    tb[j] = valid ? static_cast<float>(t) : -1.0f;
-    vb[j] = valid ? 1.0f : 0.0f;
-    if (ti) ti[j] = valid ? static_cast<int32_t>(t) : -1;
-  }
+  index_positions(T, M, j, cnt, C, o, tb, vb, ti);  // the partial group and the padding
 }
 #endif
 
