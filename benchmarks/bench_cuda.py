@@ -107,7 +107,7 @@ def bound_bytes(B: int, C: int, N: int, itemsize: int) -> int:
 
 
 def run_case(name: str, dtype: torch.dtype, warmup: int, reps: int) -> list[dict]:
-    from diceloss import _inputs
+    from diceloss import _layout
     from diceloss.backends import triton_kernels as tk
     from diceloss.stats import StatsRequest
 
@@ -122,7 +122,7 @@ def run_case(name: str, dtype: torch.dtype, warmup: int, reps: int) -> list[dict
     rows = []
 
     # the kernels alone
-    prep = _inputs.prepare(x.detach(), y, mode="multiclass", from_logits=True)
+    prep = _layout.prepare(x.detach(), y, mode="multiclass", from_logits=True)
     for request_name, request in (("dice", StatsRequest()), ("dice_ce", StatsRequest(cross_entropy=True))):
         args = (prep.logits, prep.target, None, "softmax", True, None, False, False, request.cross_entropy,
                 0.0, None)

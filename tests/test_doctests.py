@@ -13,7 +13,8 @@ import diceloss
 
 CORE = [
     "diceloss",
-    "diceloss._inputs",
+    "diceloss._checks",
+    "diceloss._layout",
     "diceloss._heads",
     "diceloss.stats",
     "diceloss.functional",

@@ -278,7 +278,7 @@ OP_CONFIGS = [
 @pytest.mark.parametrize("kind,options", OP_CONFIGS)
 def test_gradcheck_through_op(path, kind, options):
     x, t, kw = make_case(kind, 2, 3 if kind != "binary" else 1, (4, 3), torch.float64, seed=11)
-    prep = diceloss._inputs.prepare(x, t, mode=kw["mode"], from_logits=True, ignore_index=kw.get("ignore_index"))
+    prep = diceloss._layout.prepare(x, t, mode=kw["mode"], from_logits=True, ignore_index=kw.get("ignore_index"))
     args = (prep.target, None, prep.mode, prep.activation, prep.ignore_index, options.get("squared", False),
             options.get("soft_label", False), options.get("cross_entropy", False),
             options.get("label_smoothing", 0.0), options.get("focal_gamma"))
@@ -307,7 +307,7 @@ def test_double_backward_names_reference(path):
 def test_target_requiring_grad_goes_to_reference():
     x, t, kw = make_case("soft", 2, 3, (8, 8), torch.float64)
     t.requires_grad_()
-    prep = diceloss._inputs.prepare(x, t, mode="multiclass", from_logits=True)
+    prep = diceloss._layout.prepare(x, t, mode="multiclass", from_logits=True)
     request = diceloss.stats.StatsRequest()
     assert "requires grad" in fused.supports(prep, request)
     assert backends.select_backend("auto", prep, request).__name__.endswith("reference")
@@ -316,10 +316,10 @@ def test_target_requiring_grad_goes_to_reference():
 def test_auto_picks_fused_where_it_is_fastest(path):
     request_ce = diceloss.stats.StatsRequest(cross_entropy=True)
     request_focal = diceloss.stats.StatsRequest(focal_gamma=2.0)
-    small = diceloss._inputs.prepare(*make_case("index", 2, 3, (8, 8), torch.float32)[:2], mode="multiclass",
+    small = diceloss._layout.prepare(*make_case("index", 2, 3, (8, 8), torch.float32)[:2], mode="multiclass",
                                      from_logits=True)
     big_x = torch.zeros(1, 4, 1 << 20)  # 16 MiB of logits: the chunked path beats the reference there
-    big = diceloss._inputs.prepare(big_x, torch.zeros(1, 1 << 20, dtype=torch.long), mode="multiclass",
+    big = diceloss._layout.prepare(big_x, torch.zeros(1, 1 << 20, dtype=torch.long), mode="multiclass",
                                    from_logits=True)
     reference = backends.select_backend("reference", small, request_ce)
     # the kernel serves Dice + CE at any size; the chunked PyTorch path only from AUTO_CHUNKED_MIN_BYTES on
@@ -455,7 +455,7 @@ def test_compile_fullgraph_sees_one_op(path):
 def test_registered_op_matches_eager_function(path):
     # eager mode runs the autograd.Function, torch.compile the registered op: same numbers both ways
     x, t, kw = make_case("index_ignore", 2, 3, (9, 7), torch.float64)
-    prep = diceloss._inputs.prepare(x, t, mode="multiclass", from_logits=True, ignore_index=-100)
+    prep = diceloss._layout.prepare(x, t, mode="multiclass", from_logits=True, ignore_index=-100)
     args = (prep.target, None, prep.mode, prep.activation, prep.ignore_index, True, False, True, 0.1, None)
     outs, grads = [], []
     for op in (torch.ops.diceloss.fused_stats, fused._EAGER.fused_stats):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import diceloss
-from diceloss import _inputs, stats
+from diceloss import _checks, _layout, stats
 from diceloss import functional as DF
 
 ALL_FUNCS = [
@@ -613,7 +613,7 @@ def test_value_checks_switch():
     previous = diceloss.set_value_checks(False)
     try:
         assert previous is None
-        assert not _inputs.value_checks_enabled(torch.device("cpu"))
+        assert not _checks.value_checks_enabled(torch.device("cpu"))
         # the value is not read: no error, a (meaningless) number
         assert torch.isfinite(DF.dice_loss(p, t, from_logits=False))
         # shape, dtype and device checks still run
@@ -623,11 +623,11 @@ def test_value_checks_switch():
             DF.dice_loss(t[:, None].expand(2, 3, 4, 5), t)
     finally:
         assert diceloss.set_value_checks(previous) is False
-    assert _inputs.value_checks_enabled(torch.device("cpu"))
+    assert _checks.value_checks_enabled(torch.device("cpu"))
     # automatic: off on CUDA (a check there would synchronise the host with the device)
-    assert not _inputs.value_checks_enabled(torch.device("cuda"))
+    assert not _checks.value_checks_enabled(torch.device("cuda"))
     diceloss.set_value_checks(True)
-    assert _inputs.value_checks_enabled(torch.device("cuda"))
+    assert _checks.value_checks_enabled(torch.device("cuda"))
     _raises(
         TypeError,
         r"set_value_checks expects True, False or None, got 'yes'",
@@ -644,7 +644,7 @@ def test_value_checks_environment_variable(monkeypatch, env, expected):
         monkeypatch.delenv("DICELOSS_VALUE_CHECKS", raising=False)
     else:
         monkeypatch.setenv("DICELOSS_VALUE_CHECKS", env)
-    assert _inputs._initial_value_checks() is expected
+    assert _checks.env_flag("DICELOSS_VALUE_CHECKS", None) is expected
 
 
 def test_metrics_bad_input():
@@ -689,8 +689,8 @@ def test_unit_interval_fast_path_is_exact(dtype):
     for _ in range(200):
         t = specials[torch.randint(0, len(specials), (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)]
         exact = bool(((t >= 0) & (t <= 1)).all())
-        fast = _inputs._surely_in_unit_interval(t)
+        fast = _layout._surely_in_unit_interval(t)
         assert not fast or exact, t
         if exact and not bool(torch.signbit(t).any()):
             assert fast, t  # no -0.0: the fast path decides
-    assert _inputs._surely_in_unit_interval(torch.rand(4, 1, 33, 17, generator=g).to(dtype)[:, :, ::2])
+    assert _layout._surely_in_unit_interval(torch.rand(4, 1, 33, 17, generator=g).to(dtype)[:, :, ::2])

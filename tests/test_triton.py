@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import diceloss
-from diceloss import _inputs, functional
+from diceloss import _layout, functional
 from diceloss.backends import select_backend
 from diceloss.backends import triton_kernels as tk
 from diceloss.stats import StatsRequest
@@ -395,7 +395,7 @@ def test_cpu_without_interpreter_raises(monkeypatch):
 
 def test_auto_never_picks_triton_on_cpu(interpreter):
     x, t, _ = make_case("multiclass", 1, 3, (4,), torch.float32, seed=0)
-    prep = _inputs.prepare(x, t, mode="multiclass", from_logits=True)
+    prep = _layout.prepare(x, t, mode="multiclass", from_logits=True)
     assert tk.supports(prep, StatsRequest()) is None
     assert select_backend("auto", prep, StatsRequest()) is not tk
     assert tk.status().startswith("available")
@@ -404,7 +404,7 @@ def test_auto_never_picks_triton_on_cpu(interpreter):
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 def test_target_requiring_grad_is_refused(interpreter):
     x, t, kw = make_case("multilabel_soft", 1, 3, (4,), torch.float32, seed=0)
-    prep = _inputs.prepare(x, t.requires_grad_(True), mode="multilabel", from_logits=True)
+    prep = _layout.prepare(x, t.requires_grad_(True), mode="multilabel", from_logits=True)
     assert "target" in tk.supports(prep, StatsRequest())
 
 
@@ -485,7 +485,7 @@ def test_cuda_deterministic():
 @pytest.mark.cuda
 def test_cuda_auto_picks_triton():
     x, t, _ = _cuda_case("multiclass", torch.float32, C=4, spatial=(8, 8), seed=3)
-    prep = _inputs.prepare(x, t, mode="multiclass", from_logits=True)
+    prep = _layout.prepare(x, t, mode="multiclass", from_logits=True)
     assert select_backend("auto", prep, StatsRequest()) is tk
     assert tk.status() == "available"
 

@@ -1,7 +1,7 @@
 """diceloss: Dice-family segmentation losses and overlap metrics for PyTorch."""
 
 from . import backends, functional, metrics
-from ._inputs import set_value_checks
+from ._checks import set_value_checks
 from .deep_supervision import DeepSupervisionLoss
 from .losses import DiceCELoss, DiceFocalLoss, DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
 from .stats import OverlapStats, compute_stats

@@ -29,14 +29,14 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from . import _heads, _inputs
+from . import _checks, _heads, _layout
 from .stats import OverlapStats, StatsRequest, compute_dtype, stats_from_prepared
 
 Weight = Sequence[float] | Tensor | None
 
 
 def _weight_tensor(weight: Weight, input: Tensor) -> Tensor | None:
-    w = _inputs.check_weight(weight)
+    w = _checks.check_weight(weight)
     if w is None:
         return None
     if not isinstance(weight, Tensor):
@@ -68,7 +68,7 @@ class _Overlap(NamedTuple):
 def _overlap(input: Tensor, target: Tensor, mask: Tensor | None, o: _Overlap, request: StatsRequest):
     """Check the inputs and compute the statistics, summed over the batch for batch Dice (and over ranks)."""
     w = _weight_tensor(o.weight, input)
-    prep = _inputs.prepare(
+    prep = _layout.prepare(
         input,
         target,
         mode=o.mode,
@@ -105,7 +105,7 @@ def _check_overlap_options(
     distributed,
     batch_dice,
 ) -> None:
-    _inputs.check_loss_options(
+    _checks.check_loss_options(
         mode=mode,
         reduction=reduction,
         smooth_nr=smooth_nr,
@@ -248,14 +248,14 @@ def _jaccard_loss(input, target, mask, o: _Overlap, smooth_nr, smooth_dr, absent
 
 
 def _check_tversky(alpha: float, beta: float, exponent: float) -> None:
-    _inputs.check_nonnegative("alpha", alpha)
-    _inputs.check_nonnegative("beta", beta)
+    _checks.check_nonnegative("alpha", alpha)
+    _checks.check_nonnegative("beta", beta)
     if alpha + beta <= 0:
         raise ValueError(
             f"alpha + beta must be > 0 (alpha weighs false positives, beta false negatives), got "
             f"alpha={alpha}, beta={beta}"
         )
-    _inputs.check_nonnegative("exponent", exponent, positive=True)
+    _checks.check_nonnegative("exponent", exponent, positive=True)
 
 
 def tversky_loss(
@@ -354,7 +354,7 @@ def generalized_dice_loss(
     _check_overlap_options(
         mode, reduction, smooth_nr, smooth_dr, backend, "include", ignore_index, distributed, batch_dice
     )
-    _inputs.check_choice("weighting", weighting, _inputs.WEIGHTINGS)
+    _checks.check_choice("weighting", weighting, _checks.WEIGHTINGS)
     o = _Overlap(
         mode, from_logits, include_background, None, ignore_index, batch_dice, backend, distributed, process_group
     )
@@ -465,7 +465,7 @@ def dice_ce_loss(
     _check_compound(
         "DiceCELoss", o, reduction, smooth_nr, smooth_dr, absent, lambda_dice=lambda_dice, lambda_ce=lambda_ce
     )
-    _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
+    _checks.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
     return _dice_ce(
         input,
         target,
@@ -485,12 +485,12 @@ def dice_ce_loss(
 
 
 def _check_compound(name: str, o: _Overlap, reduction, smooth_nr, smooth_dr, absent, **lambdas) -> None:
-    _inputs.check_compound_reduction(reduction, name)
+    _checks.check_compound_reduction(reduction, name)
     _check_overlap_options(
         o.mode, reduction, smooth_nr, smooth_dr, o.backend, absent, o.ignore_index, o.distributed, o.batch_dice
     )
     for key, value in lambdas.items():
-        _inputs.check_nonnegative(key, value)
+        _checks.check_nonnegative(key, value)
 
 
 def _dice_ce(
@@ -578,7 +578,7 @@ def dice_focal_loss(
     _check_compound(
         "DiceFocalLoss", o, reduction, smooth_nr, smooth_dr, absent, lambda_dice=lambda_dice, lambda_focal=lambda_focal
     )
-    _inputs.check_nonnegative("gamma", gamma)
+    _checks.check_nonnegative("gamma", gamma)
     return _dice_focal(
         input,
         target,

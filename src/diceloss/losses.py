@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import _inputs, functional
+from . import _checks, functional
 from .functional import _check_overlap_options, _check_tversky
 
 _COMMON_DOC = """
@@ -77,7 +77,7 @@ class _OverlapLoss(nn.Module):
         self.mode = mode
         self.from_logits = from_logits
         self.include_background = include_background
-        self.register_buffer("weight", _inputs.check_weight(weight))
+        self.register_buffer("weight", _checks.check_weight(weight))
         self.ignore_index = ignore_index
         self.batch_dice = batch_dice
         self.smooth_nr = smooth_nr
@@ -265,7 +265,7 @@ class GeneralizedDiceLoss(nn.Module):
         _check_overlap_options(
             mode, reduction, smooth_nr, smooth_dr, backend, "include", ignore_index, distributed, batch_dice
         )
-        _inputs.check_choice("weighting", weighting, _inputs.WEIGHTINGS)
+        _checks.check_choice("weighting", weighting, _checks.WEIGHTINGS)
         self.overlap = functional._Overlap(
             mode, from_logits, include_background, None, ignore_index, batch_dice, backend, distributed, process_group
         )
@@ -288,10 +288,10 @@ class _CompoundLoss(_OverlapLoss):
     def __init__(
         self, name: str, mode: str, squared: bool, log: bool, reduction: str, lambdas: dict[str, float], **kwargs
     ) -> None:
-        _inputs.check_compound_reduction(reduction, name)
+        _checks.check_compound_reduction(reduction, name)
         super().__init__(mode, reduction=reduction, **kwargs)
         for key, value in lambdas.items():
-            _inputs.check_nonnegative(key, value)
+            _checks.check_nonnegative(key, value)
         self.squared = squared
         self.log = log
         self.components: dict[str, Tensor] = {}
@@ -338,7 +338,7 @@ class DiceCELoss(_CompoundLoss):
     ) -> None:
         lambdas = dict(lambda_dice=lambda_dice, lambda_ce=lambda_ce)
         super().__init__("DiceCELoss", mode, squared, log, reduction, lambdas, **kwargs)
-        _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
+        _checks.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
         self.lambda_dice, self.lambda_ce, self.label_smoothing = lambda_dice, lambda_ce, label_smoothing
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -396,7 +396,7 @@ class DiceFocalLoss(_CompoundLoss):
     ) -> None:
         lambdas = dict(lambda_dice=lambda_dice, lambda_focal=lambda_focal)
         super().__init__("DiceFocalLoss", mode, squared, log, reduction, lambdas, **kwargs)
-        _inputs.check_nonnegative("gamma", gamma)
+        _checks.check_nonnegative("gamma", gamma)
         self.gamma, self.lambda_dice, self.lambda_focal = gamma, lambda_dice, lambda_focal
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:

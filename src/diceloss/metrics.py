@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import _inputs
+from . import _checks
 
 EMPTY_POLICIES = ("nan", "one", "zero")
 
@@ -80,7 +80,7 @@ def hard_counts(
     num_classes: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Counts (I, P, G), each (B, C) int64, of hard predictions against the target."""
-    _inputs.check_choice("mode", mode, _inputs.MODES)
+    _checks.check_choice("mode", mode, _checks.MODES)
     if not isinstance(input, Tensor) or not isinstance(target, Tensor):
         raise TypeError("input and target must be torch.Tensor")
     if input.device != target.device:
@@ -89,7 +89,7 @@ def hard_counts(
         pred, tgt, C = _labels_multiclass(input, target, num_classes)
         B = pred.shape[0]
         valid = torch.ones_like(tgt, dtype=torch.bool) if ignore_index is None else tgt != ignore_index
-        if _inputs.value_checks_enabled(input.device):
+        if _checks.value_checks_enabled(input.device):
             for name, lab, ok in (("prediction", pred, torch.ones_like(valid)), ("target", tgt, valid)):
                 bad = ((lab < 0) | (lab >= C)) & ok
                 if bool(bad.any()):
@@ -137,8 +137,8 @@ def _finish(score: Tensor, include_background: bool, mode: str, reduction: str) 
 
 
 def _check_metric_options(empty: str, reduction: str) -> None:
-    _inputs.check_choice("empty", empty, EMPTY_POLICIES)
-    _inputs.check_choice("reduction", reduction, ("none", "mean"))
+    _checks.check_choice("empty", empty, EMPTY_POLICIES)
+    _checks.check_choice("reduction", reduction, ("none", "mean"))
 
 
 def dice_score(
@@ -247,8 +247,8 @@ class DiceMetric:
         aggregation: str = "sample",
         process_group=None,
     ) -> None:
-        _inputs.check_choice("mode", mode, _inputs.MODES)
-        _inputs.check_choice("aggregation", aggregation, ("sample", "global"))
+        _checks.check_choice("mode", mode, _checks.MODES)
+        _checks.check_choice("aggregation", aggregation, ("sample", "global"))
         self.mode = mode
         self.num_classes = num_classes
         self.include_background = include_background
@@ -290,7 +290,7 @@ class DiceMetric:
         self._state = state if self._state is None else self._state + state
 
     def compute(self, reduction: str = "mean") -> Tensor:
-        _inputs.check_choice("reduction", reduction, ("none", "mean"))
+        _checks.check_choice("reduction", reduction, ("none", "mean"))
         import torch.distributed as dist
 
         distributed = dist.is_available() and dist.is_initialized()

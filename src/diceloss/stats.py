@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import _inputs
+from . import _checks, _layout
 
 
 class StatsRequest(NamedTuple):
@@ -54,7 +54,7 @@ class OverlapStats(NamedTuple):
     focal: Tensor | None = None
 
 
-def stats_from_prepared(prep: _inputs.Prepared, request: StatsRequest, backend: str = "auto") -> OverlapStats:
+def stats_from_prepared(prep: _layout.Prepared, request: StatsRequest, backend: str = "auto") -> OverlapStats:
     """Statistics of already checked inputs; the entry point for the losses."""
     impl = select_backend(backend, prep, request)
     return impl.compute(prep, request)
@@ -99,11 +99,11 @@ def compute_stats(
         >>> tuple(s.intersection.shape)
         (1, 2)
     """
-    _inputs.check_backend(backend)
-    _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
+    _checks.check_backend(backend)
+    _checks.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
     if focal_gamma is not None:
-        _inputs.check_nonnegative("focal_gamma", focal_gamma)
-    prep = _inputs.prepare(
+        _checks.check_nonnegative("focal_gamma", focal_gamma)
+    prep = _layout.prepare(
         input, target, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask
     )
     request = StatsRequest(

@@ -1,4 +1,4 @@
-"""Backends compute :class:`~diceloss.stats.OverlapStats` from a :class:`~diceloss._inputs.Prepared`.
+"""Backends compute :class:`~diceloss.stats.OverlapStats` from a :class:`~diceloss._layout.Prepared`.
 
 Each backend is a module with ``supports(prep, request) -> str | None`` (None when it can serve the
 call, else the reason it cannot) and ``compute(prep, request) -> OverlapStats``. ``auto`` takes the

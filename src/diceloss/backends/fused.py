@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._inputs import Prepared
+from .._layout import Prepared
 from ..stats import OverlapStats, StatsRequest, compute_dtype
 from . import _cpu_kernel, reference
 

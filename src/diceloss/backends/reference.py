@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._inputs import Prepared
+from .._layout import Prepared
 from ..stats import OverlapStats, StatsRequest, compute_dtype
 
 # log(p) of probabilities is clamped here, as torch.nn.functional.binary_cross_entropy does.

@@ -41,7 +41,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .._inputs import Prepared
+from .._layout import Prepared
 from ..stats import OverlapStats, StatsRequest, compute_dtype
 
 # Tile shape: BLOCK_C classes (the next power of two of C, at most BLOCK_C_MAX; larger C is walked

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _inputs
+from .. import _checks, _layout
 from ..stats import OverlapStats, StatsRequest, stats_from_prepared
 
 
@@ -56,7 +56,7 @@ def index_target(labels: Tensor, num_classes: int, ignore_index: int | None) -> 
     if labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"class-index targets must be integer or floating, got dtype {labels.dtype}")
     t = labels.long()
-    if _inputs.value_checks_enabled(t.device) and t.numel():
+    if _checks.value_checks_enabled(t.device) and t.numel():
         bad = (t < 0) | (t >= num_classes)
         if ignore_index is not None:
             bad &= t != ignore_index
@@ -85,13 +85,13 @@ def overlap_stats(
     logits: (B, C, N) floating; target: (B, N) int64 class indices, or (B, C, N) floating; mask: (B, N) bool
     or None; ignore_index: a target value marking invalid positions (index targets) or elements (dense
     targets in binary / multilabel mode). The peers' own input conventions are checked by the callers,
-    so this builds the :class:`~diceloss._inputs.Prepared` directly instead of going through
-    :func:`~diceloss._inputs.prepare`, whose diceloss-specific value rules (for instance a multiclass
+    so this builds the :class:`~diceloss._layout.Prepared` directly instead of going through
+    :func:`~diceloss._layout.prepare`, whose diceloss-specific value rules (for instance a multiclass
     soft target summing to 1) the peers do not have.
     """
     B, C, N = logits.shape
     is_index = not target.is_floating_point()
-    prep = _inputs.Prepared(
+    prep = _layout.Prepared(
         logits=logits,
         target=target,
         target_is_index=is_index,

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import _heads, _inputs
+from .. import _checks, _heads
 from ..stats import OverlapStats, StatsRequest
 from . import check_float_input, check_tensor, dense, index_target, overlap_stats
 
@@ -203,7 +203,7 @@ def _class_weight(weight) -> Tensor | None:
         raise ValueError(
             f"weight must be a number or a 1-D sequence with one entry per class, got shape {tuple(w.shape)}"
         )
-    if _inputs.value_checks_enabled(w.device) and bool((w < 0).any()):
+    if _checks.value_checks_enabled(w.device) and bool((w < 0).any()):
         raise ValueError("the value/values of the `weight` should be no less than 0.")
     return w
 
@@ -270,7 +270,7 @@ class DiceLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_activation(sigmoid, softmax, other_act)
-        _inputs.check_backend(backend)
+        _checks.check_backend(backend)
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
             raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
         self.reduction = _reduction_value(reduction)
@@ -374,9 +374,9 @@ class GeneralizedDiceLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_activation(sigmoid, softmax, other_act)
-        _inputs.check_backend(backend)
+        _checks.check_backend(backend)
         w_type = getattr(w_type, "value", w_type)
-        _inputs.check_choice("w_type", w_type, ("square", "simple", "uniform"))
+        _checks.check_choice("w_type", w_type, ("square", "simple", "uniform"))
         self.reduction = _reduction_value(reduction)
         self.include_background = include_background
         self.to_onehot_y = to_onehot_y
@@ -457,7 +457,7 @@ class TverskyLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_activation(sigmoid, softmax, other_act)
-        _inputs.check_backend(backend)
+        _checks.check_backend(backend)
         self.reduction = _reduction_value(reduction)
         self.include_background = include_background
         self.to_onehot_y = to_onehot_y
@@ -575,7 +575,7 @@ class DiceCELoss(nn.Module):
             raise ValueError("lambda_dice should be no less than 0.0.")
         if lambda_ce < 0.0:
             raise ValueError("lambda_ce should be no less than 0.0.")
-        _inputs.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
+        _checks.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
         self.register_buffer("weight", weight)
         self.reduction = reduction
         self.lambda_dice = lambda_dice
@@ -729,7 +729,7 @@ class DiceFocalLoss(nn.Module):
             raise ValueError("lambda_dice should be no less than 0.0.")
         if lambda_focal < 0.0:
             raise ValueError("lambda_focal should be no less than 0.0.")
-        _inputs.check_nonnegative("gamma", gamma)
+        _checks.check_nonnegative("gamma", gamma)
         self.reduction = self.dice.reduction
         self.include_background = include_background
         self.gamma = float(gamma)

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .. import _inputs
+from .. import _checks
 from ..stats import StatsRequest
 from . import check_float_input, check_tensor, dense, index_target, overlap_stats
 
@@ -58,8 +58,8 @@ class _SMPLoss(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        _inputs.check_choice("mode", mode, MODES)
-        _inputs.check_backend(backend)
+        _checks.check_choice("mode", mode, MODES)
+        _checks.check_backend(backend)
         if class_weights is not None and mode == "binary":
             raise ValueError("class_weights are not supported with mode=binary")
         if classes is not None:

@@ -1,177 +1,22 @@
-"""Checks and normalises (input, target, mode, mask) and the loss options.
+"""Every input convention of diceloss brought to one canonical layout, once.
 
-Every user error of diceloss is raised here, before any computation, as a ``ValueError`` or
-``TypeError`` whose message names what was expected and what came. Backends receive a
-:class:`Prepared` whose tensors already have the canonical layout.
-
-Value checks (class indices in range, targets in [0, 1], one-hot rows summing to 1) read the data.
-On the CPU in eager mode they run by default; on CUDA they would force a host-device
-synchronisation, so they are off by default there, and they are skipped while ``torch.compile``
-traces. :func:`set_value_checks` turns them on or off everywhere; the environment variable
-``DICELOSS_VALUE_CHECKS`` (``0``/``1``) sets the initial state.
+:func:`prepare` checks ``input``, ``target``, ``mask`` and ``weight`` against ``mode`` and returns a
+:class:`Prepared` whose tensors every backend can read as they are: logits (B, C, N), class indices
+(B, N) or dense targets (B, C, N), a position mask (B, N). Every tensor error of diceloss is raised
+here, before any computation, as a ``ValueError`` or ``TypeError`` whose message names what was
+expected and what came. The value checks (class indices in range, targets in [0, 1], one-hot rows
+summing to 1) follow the switch of :func:`diceloss.set_value_checks`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-MODES = ("binary", "multiclass", "multilabel")
-REDUCTIONS = ("mean", "sum", "none")
-ABSENT_POLICIES = ("include", "exclude")
-WEIGHTINGS = ("square", "simple", "uniform")
-BACKENDS = ("auto", "reference", "fused", "triton")
-
-
-# ----------------------------------------------------------------------------------------------
-# the value-check switch
-
-
-def _initial_value_checks() -> bool | None:
-    env = os.environ.get("DICELOSS_VALUE_CHECKS")
-    if env is None or env.strip() == "":
-        return None
-    return env.strip().lower() not in ("0", "false", "off", "no")
-
-
-_value_checks: bool | None = _initial_value_checks()
-
-
-def set_value_checks(enabled: bool | None) -> bool | None:
-    """Turn the checks that read tensor values on (``True``), off (``False``) or back to automatic (``None``).
-
-    Automatic: on for CPU tensors in eager mode, off for CUDA tensors (they would synchronise the
-    host with the device) and while ``torch.compile`` traces. Shape, dtype and device checks always
-    run. Returns the previous setting.
-
-    Example:
-        >>> import diceloss
-        >>> previous = diceloss.set_value_checks(False)
-        >>> _ = diceloss.set_value_checks(previous)
-    """
-    global _value_checks
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"set_value_checks expects True, False or None, got {enabled!r}")
-    previous = _value_checks
-    _value_checks = enabled
-    return previous
-
-
-def _is_compiling() -> bool:
-    # Nothing is being traced if dynamo was never imported; asking torch.compiler would import it (and
-    # Triton with it), a second of start-up for every process.
-    if "torch._dynamo" not in sys.modules:
-        return False
-    try:
-        return bool(torch.compiler.is_compiling())
-    except AttributeError:  # torch < 2.3
-        return False
-
-
-def value_checks_enabled(device: torch.device) -> bool:
-    """Whether the value checks run for tensors on ``device`` now."""
-    if _is_compiling():
-        return False
-    if _value_checks is not None:
-        return _value_checks
-    return device.type == "cpu"
-
-
-# ----------------------------------------------------------------------------------------------
-# options
-
-
-def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
-
-
-def check_nonnegative(name: str, value: object, *, positive: bool = False, at_most: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    bad = not math.isfinite(value) or (value <= 0 if positive else value < 0)
-    if at_most is not None and value > at_most:
-        bad = True
-    if bad:
-        lo = "> 0" if positive else ">= 0"
-        hi = f" and <= {at_most}" if at_most is not None else ""
-        raise ValueError(f"{name} must be finite, {lo}{hi}; got {value}")
-
-
-def check_smoothing(smooth_nr: float, smooth_dr: float) -> None:
-    check_nonnegative("smooth_nr", smooth_nr)
-    check_nonnegative("smooth_dr", smooth_dr)
-    if smooth_nr > smooth_dr:
-        raise ValueError(
-            f"smooth_nr ({smooth_nr}) must not exceed smooth_dr ({smooth_dr}): an empty class would then "
-            "score a Dice above 1"
-        )
-
-
-def check_weight(weight: Sequence[float] | Tensor | None) -> Tensor | None:
-    """Validate a per-class weight (constructor time) and return it as a 1-D float tensor."""
-    if weight is None:
-        return None
-    if isinstance(weight, Tensor):
-        w = weight.detach()
-        if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
-            raise TypeError(f"weight must be a real tensor, got dtype {w.dtype}")
-        w = w.to(torch.float64 if w.dtype == torch.float64 else torch.float32)
-    else:
-        try:
-            # float64, so a float64 input keeps every digit; it is cast to the accumulation dtype per call
-            w = torch.as_tensor([float(v) for v in weight], dtype=torch.float64)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"weight must be a sequence of numbers or a 1-D tensor, got {weight!r}") from err
-    if w.ndim != 1 or w.numel() == 0:
-        raise ValueError(f"weight must be 1-D with one entry per class, got shape {tuple(w.shape)}")
-    if value_checks_enabled(w.device):
-        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-            raise ValueError(f"weight must be finite and non-negative, got {w.tolist()}")
-    return w
-
-
-def check_backend(backend: str) -> None:
-    check_choice("backend", backend, BACKENDS)
-
-
-def check_loss_options(
-    *,
-    mode: str,
-    reduction: str,
-    smooth_nr: float,
-    smooth_dr: float,
-    backend: str,
-    absent: str = "include",
-    ignore_index: int | None = None,
-) -> None:
-    """The options every loss shares; raises at construction time."""
-    check_choice("mode", mode, MODES)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_choice("absent", absent, ABSENT_POLICIES)
-    check_smoothing(smooth_nr, smooth_dr)
-    check_backend(backend)
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
-
-
-def check_compound_reduction(reduction: str, loss_name: str) -> None:
-    if reduction == "none":
-        raise ValueError(
-            f"{loss_name} adds terms of different shapes, so it takes reduction='mean' or 'sum', not 'none'; "
-            "use the Dice loss and the cross-entropy separately for per-element values"
-        )
-    check_choice("reduction", reduction, ("mean", "sum"))
-
-
-# ----------------------------------------------------------------------------------------------
-# tensors
+from ._checks import MODES, check_choice, value_checks_enabled
 
 
 class Prepared(NamedTuple):
