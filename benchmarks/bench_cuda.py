@@ -108,8 +108,8 @@ def bound_bytes(B: int, C: int, N: int, itemsize: int) -> int:
 
 def run_case(name: str, dtype: torch.dtype, warmup: int, reps: int) -> list[dict]:
     from diceloss import _layout
-    from diceloss.backends import triton_kernels as tk
     from diceloss.stats import StatsRequest
+    from diceloss.stats import triton as tk
 
     B, C, spatial = CASES[name]
     N = 1
@@ -124,12 +124,12 @@ def run_case(name: str, dtype: torch.dtype, warmup: int, reps: int) -> list[dict
     # the kernels alone
     prep = _layout.prepare(x.detach(), y, mode="multiclass", from_logits=True)
     for request_name, request in (("dice", StatsRequest()), ("dice_ce", StatsRequest(cross_entropy=True))):
-        args = (prep.logits, prep.target, None, "softmax", True, None, False, False, request.cross_entropy,
+        args = (prep.logits, prep.target, None, "multiclass", "softmax", None, False, False, request.cross_entropy,
                 0.0, None)
         stats = tk.triton_stats(*args)
         grad = torch.randn_like(stats)
         fwd = statistics.median(_time(lambda: tk.triton_stats(*args), warmup, reps))  # noqa: B023
-        bwd = statistics.median(_time(lambda: tk.triton_stats_backward(grad, *args), warmup, reps))  # noqa: B023
+        bwd = statistics.median(_time(lambda: torch.ops.diceloss.triton_stats_backward(grad, *args), warmup, reps))  # noqa: B023
         rows.append({"case": name, "dtype": str(dtype).split(".")[-1], "group": request_name,
                      "impl": f"triton kernels: forward ({request_name})", "ms": fwd,
                      "bytes": B * C * N * x.element_size() + 8 * B * N})

@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 import torch
 
-from diceloss.surface import DEFAULT_METRICS, segmentation_metrics
+from diceloss.metrics.surface import DEFAULT_METRICS, segmentation_metrics
 
 TOLERANCE = 1.0
 

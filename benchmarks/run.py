@@ -428,7 +428,7 @@ def main(argv=None) -> int:
         warmup=3, min_reps=5, max_reps=40, min_seconds=1.5)
 
     # build the compiled kernel once, before any timed process
-    subprocess.run([sys.executable, "-c", "from diceloss.backends import _cpu_kernel as k; print(k.status())"],
+    subprocess.run([sys.executable, "-c", "from diceloss.stats import cpu as k; print(k.status())"],
                    env=_env(args.threads, False), check=False)
     bandwidth = _run_child(dict(base, bandwidth=True), _env(args.threads, False)).get("copy_GBps", 0.0)
     cases = [(w, i) for w in workloads for i in impls]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import diceloss
-import diceloss.compat
+import diceloss.compat._common
 from diceloss.compat import monai as cm
 from diceloss.compat import smp as cs
 
@@ -52,13 +52,8 @@ needs_smp = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread start-up dominates on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: thread start-up dominates on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _compare(peer, ours, x, t, what):
@@ -339,13 +334,13 @@ def test_monai_argument_errors():
 
 def test_compat_runs_on_the_statistics_layer(monkeypatch):
     calls = []
-    original = diceloss.compat.stats_from_prepared
+    original = diceloss.compat._common.stats_from_layout
 
     def spy(prep, request, backend="auto"):
         calls.append(backend)
         return original(prep, request, backend)
 
-    monkeypatch.setattr(diceloss.compat, "stats_from_prepared", spy)
+    monkeypatch.setattr(diceloss.compat._common, "stats_from_layout", spy)
     x = torch.randn(2, 3, 4, 4)
     cm.DiceCELoss(softmax=True, to_onehot_y=True)(x, torch.randint(0, 3, (2, 1, 4, 4)))
     cs.DiceLoss("multiclass")(x, torch.randint(0, 3, (2, 4, 4)))

@@ -193,3 +193,49 @@ def test_bad_arguments():
 def test_exported_from_package():
     assert diceloss.DeepSupervisionLoss is DeepSupervisionLoss
     assert "DeepSupervisionLoss" in diceloss.__all__
+
+
+def test_gdl_with_a_dense_ignore_index_target_keeps_the_marker():
+    """GeneralizedDiceLoss declares mode and ignore_index like every loss: a multilabel float target holding
+    ignore_index is resized by nearest neighbour (the marker survives), not area-averaged into 127.5."""
+    gdl = diceloss.GeneralizedDiceLoss(mode="multilabel", ignore_index=255)
+    ds = DeepSupervisionLoss(gdl)
+    outs = _outputs()
+    t = (torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) > 0.5).double()
+    t[:, :, :3] = 255
+    assert ds.resize_target(t, outs[1]).unique().tolist() == [0.0, 1.0, 255.0]
+    want = sum(w * gdl(o, t[..., s // 2 :: s, s // 2 :: s]) for w, o, s in zip(ds.weights_for(3), outs, (1, 2, 4)))
+    torch.testing.assert_close(ds(outs, t), want)
+
+
+def test_gdl_binary_outputs_without_a_channel_get_their_own_size():
+    gdl = diceloss.GeneralizedDiceLoss(mode="binary")
+    ds = DeepSupervisionLoss(gdl)
+    leaves = _outputs(C=1)
+    outs = [o[:, 0] for o in leaves]  # (B, *S) binary outputs
+    t = (torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(4)) > 0.5).double()
+    assert ds.resize_target(t, outs[1]).shape == (2, 8, 8)
+    value = ds(outs, t)
+    want = sum(w * gdl(o, F.avg_pool2d(t[:, None], s)[:, 0]) for w, o, s in zip(ds.weights_for(3), outs, (1, 2, 4)))
+    torch.testing.assert_close(value, want)
+    value.backward()
+    assert all(leaf.grad is not None and torch.isfinite(leaf.grad).all() for leaf in leaves)
+
+
+def test_a_plain_callable_takes_mode_and_ignore_index_as_arguments():
+    def plain(x, t, mask=None):
+        plain.seen.append(t)
+        return x.mean()
+
+    plain.seen = []
+    t = (torch.rand(2, 3, 16, 16) > 0.5).float()
+    t[:, :, :4] = 255
+    DeepSupervisionLoss(plain, mode="multilabel", ignore_index=255)(_outputs(), t)
+    assert set(plain.seen[1].unique().tolist()) <= {0.0, 1.0, 255.0}
+    plain.seen = []
+    DeepSupervisionLoss(plain, mode="binary")([o[:, 0] for o in _outputs(C=1)], t[:, 0])
+    assert [tuple(s.shape) for s in plain.seen] == [(2, 16, 16), (2, 8, 8), (2, 4, 4)]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        DeepSupervisionLoss(plain, mode="softmax")
+    with pytest.raises(ValueError, match="the loss declares ignore_index=255"):
+        DeepSupervisionLoss(diceloss.DiceLoss(ignore_index=255), ignore_index=0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -15,14 +17,8 @@ from diceloss import doctor
 from diceloss.cli import main
 from diceloss.compat import smp as compat_smp
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small tensors: on a shared machine thread start-up dominates (the float16 probe is ~0.5M elements)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: on a shared machine thread start-up dominates (the float16 probe is ~0.5M elements)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _onehot(t: torch.Tensor, C: int, dtype) -> torch.Tensor:
@@ -130,95 +126,84 @@ def test_good_hand_written_loss_passes():
     assert all(c.status == "pass" for c in report.checks)
 
 
-def test_wrong_sign_backward():
-    report = doctor.check(WrongSignDice.apply)
-    assert report["gradient"].status == "fail"
-    assert "sign error" in report["gradient"].cause
-    assert "-1.000" in report["gradient"].summary
-    assert report["descent"].status == "fail"  # it climbs
-    assert report["perfect"].passed and report["range"].passed  # the values themselves are right
-    assert "WrongSignDice.apply" in str(report)
+class Broken(NamedTuple):
+    """A broken loss, the check it must fail, and what the report must say.
+
+    cause / summary / text: phrases of the failing check's cause and summary, and of the whole report's text.
+    others: the status ("pass", "fail", "skip") of other checks. failed: the exact list of failed checks.
+    """
+
+    loss: Callable
+    check: str
+    cause: tuple[str, ...] = ()
+    summary: tuple[str, ...] = ()
+    others: dict = {}
+    failed: list | None = None
+    text: tuple[str, ...] = ()
 
 
-def test_missing_batch_scale_in_backward():
-    report = doctor.check(MissingBatchScaleDice.apply)
-    assert report["gradient"].status == "fail"
-    assert "2 x" in report["gradient"].summary
-    assert "batch size B = 2" in report["gradient"].cause
-    assert report["descent"].passed  # Adam does not notice a scale: only the gradient check does
+BROKEN = {
+    "wrong_sign_backward": Broken(
+        WrongSignDice.apply,
+        "gradient",
+        cause=("sign error",),
+        summary=("-1.000",),
+        # it climbs; the values themselves are right
+        others={"descent": "fail", "perfect": "pass", "range": "pass"},
+        text=("WrongSignDice.apply",),
+    ),
+    "missing_batch_scale_in_backward": Broken(
+        MissingBatchScaleDice.apply,
+        "gradient",
+        cause=("batch size B = 2",),
+        summary=("2 x",),
+        others={"descent": "pass"},  # Adam does not notice a scale: only the gradient check does
+    ),
+    "item_cuts_the_graph": Broken(
+        dice_item,
+        "graph",
+        cause=(".item()",),
+        others={"gradient": "skip", "descent": "skip", "perfect": "pass"},  # values are still checked
+        failed=["graph"],
+    ),
+    "detached_result": Broken(dice_detached, "graph", summary=("detached",)),
+    "dice_summed_over_classes": Broken(
+        dice_summed_over_classes,
+        "range",
+        cause=("summed over the classes",),
+        summary=("Dice above 1",),
+        others={"perfect": "fail"},
+    ),
+    "missing_factor_2": Broken(
+        dice_no_factor_2, "perfect", cause=("factor 2",), others={"gradient": "pass", "range": "pass"}
+    ),
+    "smoothing_in_denominator_only": Broken(dice_smooth_denominator_only, "perfect", cause=("denominator only",)),
+    "class_weights_in_numerator_only": Broken(dice_weights_in_numerator, "range", cause=("numerator",)),
+    "negative_dice": Broken(negative_dice, "range", cause=("-Dice",)),
+    "no_smoothing_fails_on_empty_masks": Broken(
+        dice_no_smoothing, "empty", summary=("empty target, empty prediction",)
+    ),
+    "sum_over_batch": Broken(dice_summed_over_batch, "batch", cause=("sums over the samples",)),
+    "hard_argmax_is_flat": Broken(hard_dice, "gradient", summary=("flat",)),
+    "float16_overflow": Broken(dice_half_sums, "float16", cause=("65504",), failed=["float16"]),
+}
 
 
-def test_item_cuts_the_graph():
-    report = doctor.check(dice_item)
-    assert report["graph"].status == "fail"
-    assert ".item()" in report["graph"].cause
-    assert report["gradient"].status == "skip" and report["descent"].status == "skip"
-    assert report["perfect"].passed  # values are still checked
-    assert report.failed == ["graph"]
-
-
-def test_detached_result():
-    report = doctor.check(dice_detached)
-    assert report["graph"].status == "fail"
-    assert "detached" in report["graph"].summary
-
-
-def test_dice_summed_over_classes():
-    report = doctor.check(dice_summed_over_classes)
-    assert report["range"].status == "fail"
-    assert "summed over the classes" in report["range"].cause
-    assert "Dice above 1" in report["range"].summary
-    assert report["perfect"].status == "fail"
-
-
-def test_missing_factor_2():
-    report = doctor.check(dice_no_factor_2)
-    assert report["perfect"].status == "fail"
-    assert "factor 2" in report["perfect"].cause
-    assert report["gradient"].passed and report["range"].passed
-
-
-def test_smoothing_in_denominator_only():
-    report = doctor.check(dice_smooth_denominator_only)
-    assert report["perfect"].status == "fail"
-    assert "denominator only" in report["perfect"].cause
-
-
-def test_class_weights_in_numerator_only():
-    report = doctor.check(dice_weights_in_numerator)
-    assert report["range"].status == "fail"
-    assert "numerator" in report["range"].cause
-
-
-def test_negative_dice():
-    report = doctor.check(negative_dice)
-    assert report["range"].status == "fail"
-    assert "-Dice" in report["range"].cause
-
-
-def test_no_smoothing_fails_on_empty_masks():
-    report = doctor.check(dice_no_smoothing)
-    assert report["empty"].status == "fail"
-    assert "empty target, empty prediction" in report["empty"].summary
-
-
-def test_sum_over_batch():
-    report = doctor.check(dice_summed_over_batch)
-    assert report["batch"].status == "fail"
-    assert "sums over the samples" in report["batch"].cause
-
-
-def test_hard_argmax_is_flat():
-    report = doctor.check(hard_dice)
-    assert report["gradient"].status == "fail"
-    assert "flat" in report["gradient"].summary
-
-
-def test_float16_overflow():
-    report = doctor.check(dice_half_sums)
-    assert report["float16"].status == "fail"
-    assert "65504" in report["float16"].cause
-    assert report.failed == ["float16"]
+@pytest.mark.parametrize("case", list(BROKEN.values()), ids=list(BROKEN))
+def test_broken_loss_fails_its_check(case):
+    report = doctor.check(case.loss)
+    result = report[case.check]
+    assert result.status == "fail", str(report)
+    for phrase in case.cause:
+        assert phrase in result.cause
+    for phrase in case.summary:
+        assert phrase in result.summary
+    for name, status in case.others.items():
+        assert report[name].status == status, f"{name}: {report[name].status}"
+    if case.failed is not None:
+        assert report.failed == case.failed
+    for phrase in case.text:
+        assert phrase in str(report)
 
 
 def test_report_text_and_errors():

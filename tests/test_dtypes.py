@@ -10,36 +10,29 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import LOSSES, MODES, seeded, value_checks
 
 import diceloss
 from diceloss import functional as DF
 
 BACKEND = "reference"
-FUNCS = {
-    "dice": DF.dice_loss,
-    "jaccard": DF.jaccard_loss,
-    "tversky": DF.tversky_loss,
-    "gdl": DF.generalized_dice_loss,
-    "dice_ce": DF.dice_ce_loss,
-    "dice_focal": DF.dice_focal_loss,
-}
 
 
 @pytest.fixture(scope="module")
 def large_case():
-    g = torch.Generator().manual_seed(0)
+    g = seeded(0)
     x = (torch.randn(1, 2, 512, 512, generator=g) * 3).to(torch.float16)
     t = torch.zeros(1, 512, 512, dtype=torch.long)
     t[:, 100:300, 150:400] = 1
     return x, t
 
 
-@pytest.mark.parametrize("kind", list(FUNCS))
-def test_float16_large_input_matches_float64(large_case, kind):
+@pytest.mark.parametrize("info", LOSSES)
+def test_float16_large_input_matches_float64(large_case, info):
     x, t = large_case
-    got = FUNCS[kind](x, t, backend=BACKEND)
+    got = info.function(x, t, backend=BACKEND)
     assert got.dtype == torch.float32  # the statistics, and so the loss, are float32
-    want = FUNCS[kind](x.double(), t, backend=BACKEND)
+    want = info.function(x.double(), t, backend=BACKEND)
     assert torch.isfinite(got)
     assert abs(float(got) - float(want)) < 1e-3
     # far better than required: float32 sums of 262144 terms
@@ -68,10 +61,11 @@ def test_float16_sums_would_overflow_in_float16(large_case):
     torch.testing.assert_close(s.target_volume, torch.tensor([[512.0 * 512 - 200 * 250, 200.0 * 250]]))
 
 
+@pytest.mark.parametrize("info", LOSSES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
-def test_half_inputs_every_loss(dtype, mode):
-    g = torch.Generator().manual_seed(1)
+@pytest.mark.parametrize("mode", MODES)
+def test_half_inputs_every_loss(info, dtype, mode):
+    g = seeded(1)
     C = 1 if mode == "binary" else 3
     x64 = torch.randn(2, C, 16, 16, generator=g, dtype=torch.float64) * 2
     x = x64.to(dtype)
@@ -79,15 +73,15 @@ def test_half_inputs_every_loss(dtype, mode):
         t = torch.randint(0, C, (2, 16, 16), generator=g)
     else:
         t = (torch.rand(2, C, 16, 16, generator=g) > 0.5).to(dtype)
-    for kind, fn in FUNCS.items():
-        xi = x.clone().requires_grad_(True)
-        got = fn(xi, t, mode=mode, backend=BACKEND)
-        assert got.dtype == torch.float32, kind
-        # the same numbers in float64: only the rounding of the float32 sums differs
-        want = fn(x.double(), t.double() if t.is_floating_point() else t, mode=mode, backend=BACKEND)
-        assert abs(float(got.detach()) - float(want)) < 1e-5, kind
-        got.backward()
-        assert xi.grad.dtype == dtype and torch.isfinite(xi.grad).all(), kind
+    fn = info.function
+    xi = x.clone().requires_grad_(True)
+    got = fn(xi, t, mode=mode, backend=BACKEND)
+    assert got.dtype == torch.float32
+    # the same numbers in float64: only the rounding of the float32 sums differs
+    want = fn(x.double(), t.double() if t.is_floating_point() else t, mode=mode, backend=BACKEND)
+    assert abs(float(got.detach()) - float(want)) < 1e-5
+    got.backward()
+    assert xi.grad.dtype == dtype and torch.isfinite(xi.grad).all()
 
 
 @pytest.mark.parametrize(
@@ -109,16 +103,13 @@ def test_statistics_dtype(dtype, acc):
 
 def test_half_one_hot_and_soft_targets():
     # float16 one-hot / soft targets: rows sum to 1 up to float16 rounding, accepted
-    g = torch.Generator().manual_seed(2)
+    g = seeded(2)
     x = torch.randn(2, 3, 32, generator=g)
     soft = torch.softmax(torch.randn(2, 3, 32, generator=g) * 2, 1)
     a = DF.dice_loss(x.half(), soft.half(), soft_label=True, backend=BACKEND)
     # the float16-rounded rows sum to 1 only to float16 precision: compare without the float64 row check
-    previous = diceloss.set_value_checks(False)
-    try:
+    with value_checks(False):
         b = DF.dice_loss(x.half().double(), soft.half().double(), soft_label=True, backend=BACKEND)
-    finally:
-        diceloss.set_value_checks(previous)
     assert abs(float(a) - float(b)) < 1e-6
 
 
@@ -145,7 +136,7 @@ def test_autocast_cpu_bfloat16():
 @pytest.fixture(scope="module")
 def small_object():
     # 1 x 1 x 64 x 128 x 128 = 1M voxels, a 5 x 5 x 5 object; background predictions U(0, 0.02)
-    g = torch.Generator().manual_seed(4)
+    g = seeded(4)
     p = torch.rand(1, 1, 64, 128, 128, generator=g) * 0.02
     t = torch.zeros(1, 1, 64, 128, 128)
     t[..., 30:35, 60:65, 60:65] = 1

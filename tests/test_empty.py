@@ -12,24 +12,33 @@ and ``absent="exclude"`` and the Generalized Dice rules for absent classes.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
+from conftest import LOSS, LOSSES, losses
 
 from diceloss import functional as DF
 
 BACKEND = "reference"
 N = 50
-OVERLAP = {
-    "dice": lambda x, t, **k: DF.dice_loss(x, t, **k),
-    "dice_squared": lambda x, t, **k: DF.dice_loss(x, t, squared=True, **k),
-    "dice_log": lambda x, t, **k: DF.dice_loss(x, t, log=True, **k),
-    "jaccard": lambda x, t, **k: DF.jaccard_loss(x, t, **k),
-    "tversky": lambda x, t, **k: DF.tversky_loss(x, t, alpha=0.3, beta=0.7, **k),
-    "focal_tversky": lambda x, t, **k: DF.tversky_loss(x, t, alpha=0.3, beta=0.7, exponent=0.75, **k),
-    "gdl": lambda x, t, **k: DF.generalized_dice_loss(x, t, **k),
+
+# The table is checked for every overlap loss of the registry (the compound losses add a pixel-wise term,
+# which has its own rules), plus the variants of a loss whose options change a cell: (loss, options).
+# The expected values below read the options: alpha weighs the false positives (1 without it), squared
+# sums p**2, log gives -log D, exponent (1 - D) ** exponent.
+_OPTIONS = {"tversky": dict(alpha=0.3, beta=0.7)}
+_VARIANTS = {
+    "dice_squared": ("dice", dict(squared=True)),
+    "dice_log": ("dice", dict(log=True)),
+    "focal_tversky": ("tversky", dict(alpha=0.3, beta=0.7, exponent=0.75)),
 }
+CASES = {
+    **{info.name: (info, _OPTIONS.get(info.name, {})) for info in losses(lambda info: not info.compound)},
+    **{name: (LOSS[base], opts) for name, (base, opts) in _VARIANTS.items()},
+}
+OVERLAP = {name: functools.partial(info.function, **opts) for name, (info, opts) in CASES.items()}
 
 
 def _binary(p, g):
@@ -58,13 +67,14 @@ def test_both_empty_gives_zero(kind):
 def test_target_empty_prediction_not(kind, p_value):
     p, g = _binary(p_value, 0.0)
     loss, grad = _loss_and_grad(kind, p, g)
-    P = N * p_value if kind != "dice_squared" else N * p_value**2
+    opts = CASES[kind][1]
+    P = N * p_value if not opts.get("squared") else N * p_value**2
     # the score of every head here, with I = 0 and G = 0 (Tversky: alpha = 0.3 weighs the false positives)
-    D = 1e-5 / ((0.3 if "tversky" in kind else 1.0) * P + 1e-5)
-    if kind == "dice_log":
+    D = 1e-5 / (opts.get("alpha", 1.0) * P + 1e-5)
+    if opts.get("log"):
         assert loss == pytest.approx(-math.log(D), rel=1e-9)
-    elif kind == "focal_tversky":
-        assert loss == pytest.approx((1 - D) ** 0.75, rel=1e-9)
+    elif "exponent" in opts:
+        assert loss == pytest.approx((1 - D) ** opts["exponent"], rel=1e-9)
     else:
         assert loss == pytest.approx(1 - D, rel=1e-9)
     assert loss > 0.99
@@ -83,7 +93,7 @@ def test_target_empty_prediction_not_through_logits(kind):
     x = torch.zeros(1, 3, N, dtype=torch.float64, requires_grad=True)
     t = torch.zeros(1, N, dtype=torch.long)
     t[:, : N // 2] = 1  # class 2 absent from the target
-    per_class = kind not in ("gdl",)
+    per_class = CASES[kind][0].unreduced == "class"
     kw = {"reduction": "none"} if per_class else {}
     loss = OVERLAP[kind](x, t, backend=BACKEND, **kw)
     if per_class:
@@ -99,7 +109,7 @@ def test_target_present_prediction_empty(kind):
     loss, grad = _loss_and_grad(kind, p, g)
     G = float(N)
     D = 1e-5 / (G + 1e-5)
-    if kind == "dice_log":
+    if CASES[kind][1].get("log"):
         assert loss == pytest.approx(-math.log(D), rel=1e-9)
     else:
         assert loss > 0.99
@@ -134,21 +144,14 @@ def test_log_dice_gradient_does_not_vanish_far_below_the_floor():
     assert (grad < 0).all()
 
 
-def test_everything_ignored_gives_zero_not_nan():
+@pytest.mark.parametrize("info", LOSSES)
+def test_everything_ignored_gives_zero_not_nan(info):
     x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
     t = torch.full((2, 6), 255)
-    for fn in (
-        DF.dice_loss,
-        DF.jaccard_loss,
-        DF.tversky_loss,
-        DF.generalized_dice_loss,
-        DF.dice_ce_loss,
-        DF.dice_focal_loss,
-    ):
-        loss = fn(x, t, ignore_index=255, backend=BACKEND)
-        assert float(loss.detach()) == pytest.approx(0.0, abs=1e-12)
-        (grad,) = torch.autograd.grad(loss, x)
-        assert torch.all(grad == 0)
+    loss = info.function(x, t, ignore_index=255, backend=BACKEND)
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-12)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.all(grad == 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,7 +200,7 @@ def test_absent_exclude_hides_false_positives():
     x = torch.randn(1, 3, 8, dtype=torch.float64)
     t = (torch.arange(8) % 2 == 0).double().expand(1, 3, 8).clone()
     t[:, 2] = 0
-    for kind in ("dice", "jaccard", "tversky"):
+    for kind in [info.name for info in losses(lambda info: info.takes("absent") and not info.compound)]:
         a = OVERLAP[kind](x, t, mode="multilabel", absent="exclude", backend=BACKEND)
         x2 = x.clone()
         x2[:, 2] = 10.0  # confident false positives everywhere on class 2
@@ -291,16 +294,15 @@ def test_gdl_binary_empty_target():
     assert loss > 0.99 and (grad > 0).all()
 
 
-@pytest.mark.parametrize("name", ["dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss"])
-def test_zero_smoothing_both_empty_is_a_perfect_match_not_nan(name):
-    import diceloss.functional as F
-
+@pytest.mark.parametrize("info", losses(lambda info: not info.compound))
+def test_zero_smoothing_both_empty_is_a_perfect_match_not_nan(info):
+    fn = info.function
     p = torch.zeros(1, 1, 8, dtype=torch.float64, requires_grad=True)
     g = torch.zeros(1, 1, 8, dtype=torch.float64)
-    loss = getattr(F, name)(p, g, mode="binary", from_logits=False, smooth_nr=0.0, smooth_dr=0.0)
+    loss = fn(p, g, mode="binary", from_logits=False, smooth_nr=0.0, smooth_dr=0.0)
     loss.backward()
     assert float(loss.detach()) == 0.0
     assert torch.isfinite(p.grad).all()
     # and with a false positive, zero smoothing scores the class as fully wrong
     q = torch.full((1, 1, 8), 0.3, dtype=torch.float64)
-    assert float(getattr(F, name)(q, g, mode="binary", from_logits=False, smooth_nr=0.0, smooth_dr=0.0)) == 1.0
+    assert float(fn(q, g, mode="binary", from_logits=False, smooth_nr=0.0, smooth_dr=0.0)) == 1.0

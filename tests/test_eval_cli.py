@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from diceloss.cli import main
-from diceloss.surface import segmentation_metrics
+from diceloss.metrics.surface import segmentation_metrics
 
 
 def labels3d():

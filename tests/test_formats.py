@@ -5,28 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import LOSSES, MODES, losses, seeded
 
 import diceloss
 from diceloss import functional as DF
 
 BACKEND = "reference"
-FUNCS = {
-    "dice": DF.dice_loss,
-    "jaccard": DF.jaccard_loss,
-    "tversky": DF.tversky_loss,
-    "gdl": DF.generalized_dice_loss,
-    "dice_ce": DF.dice_ce_loss,
-    "dice_focal": DF.dice_focal_loss,
-}
-PER_CLASS = ("dice", "jaccard", "tversky")
 
 
 def _mc(B=2, C=4, S=(5, 6), seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     return torch.randn(B, C, *S, generator=g, dtype=torch.float64), torch.randint(0, C, (B, *S), generator=g)
 
 
-@pytest.mark.parametrize("kind", list(FUNCS))
+@pytest.mark.parametrize("info", LOSSES)
 @pytest.mark.parametrize(
     "opts",
     [
@@ -36,12 +28,10 @@ def _mc(B=2, C=4, S=(5, 6), seed=0):
         {"weight": [0.5, 1.0, 2.0, 1.5], "squared": True},
     ],
 )
-def test_index_one_hot_and_soft_one_hot_targets_agree(kind, opts):
+def test_index_one_hot_and_soft_one_hot_targets_agree(info, opts):
     x, t = _mc()
-    if kind == "gdl":
-        opts = {k: v for k, v in opts.items() if k not in ("weight", "squared")}
-    if kind in ("jaccard", "tversky"):
-        opts = {k: v for k, v in opts.items() if k != "squared"}
+    opts = info.accepted(opts)  # e.g. no weight / squared for Generalized Dice
+    kind, fn = info.name, info.function
     onehot = F.one_hot(t, 4).movedim(-1, 1)
     variants = {
         "index": t,
@@ -54,56 +44,58 @@ def test_index_one_hot_and_soft_one_hot_targets_agree(kind, opts):
         "one-hot int64": onehot,
         "one-hot bool": onehot.bool(),
     }
-    ref = FUNCS[kind](x, t, backend=BACKEND, **opts)
+    ref = fn(x, t, backend=BACKEND, **opts)
     for name, target in variants.items():
-        got = FUNCS[kind](x, target, backend=BACKEND, **opts)
+        got = fn(x, target, backend=BACKEND, **opts)
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12, msg=f"{kind} {name}")
     # soft one-hot: the same labels as probabilities with soft_label=True (the semimetric equals Dice on them)
-    if kind != "dice_focal":
-        got = FUNCS[kind](x, onehot.double(), soft_label=True, backend=BACKEND, **opts)
+    if info.soft_targets:
+        got = fn(x, onehot.double(), soft_label=True, backend=BACKEND, **opts)
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
-def test_soft_label_with_hard_targets_equals_ordinary_loss_every_mode():
+@pytest.mark.parametrize("info", losses(lambda info: info.soft_targets))
+def test_soft_label_with_hard_targets_equals_ordinary_loss_every_mode(info):
     x, t = _mc()
     for mode, target in (("multiclass", t), ("multilabel", F.one_hot(t, 4).movedim(-1, 1).double())):
-        for kind in ("dice", "jaccard", "tversky", "gdl", "dice_ce"):
-            a = FUNCS[kind](x, target, mode=mode, backend=BACKEND)
-            b = FUNCS[kind](x, target, mode=mode, soft_label=True, backend=BACKEND)
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        a = info.function(x, target, mode=mode, backend=BACKEND)
+        b = info.function(x, target, mode=mode, soft_label=True, backend=BACKEND)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", list(FUNCS))
+@pytest.mark.parametrize("info", LOSSES)
 @pytest.mark.parametrize("S", [(7,), (3, 4), (2, 3, 4), (2, 2, 2, 3)])
-def test_any_number_of_spatial_dimensions(kind, S):
+def test_any_number_of_spatial_dimensions(info, S):
+    fn = info.function
     x, t = _mc(S=S, seed=len(S))
     mask = torch.arange(t[0].numel()).reshape(S) % 3 != 0
     mask = mask.expand_as(t)
-    flat = FUNCS[kind](x.reshape(2, 4, -1), t.reshape(2, -1), mask.reshape(2, -1), backend=BACKEND)
-    got = FUNCS[kind](x, t, mask, backend=BACKEND)
+    flat = fn(x.reshape(2, 4, -1), t.reshape(2, -1), mask.reshape(2, -1), backend=BACKEND)
+    got = fn(x, t, mask, backend=BACKEND)
     torch.testing.assert_close(got, flat, rtol=1e-12, atol=1e-12)
     # mask as (B, 1, *S) too
     torch.testing.assert_close(
-        FUNCS[kind](x, t, mask[:, None], backend=BACKEND), flat, rtol=1e-12, atol=1e-12
+        fn(x, t, mask[:, None], backend=BACKEND), flat, rtol=1e-12, atol=1e-12
     )
     # multilabel and binary as well
-    y = (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) > 0.5).double()
-    flat = FUNCS[kind](x.reshape(2, 4, -1), y.reshape(2, 4, -1), mode="multilabel", backend=BACKEND)
+    y = (torch.rand(x.shape, generator=seeded(1)) > 0.5).double()
+    flat = fn(x.reshape(2, 4, -1), y.reshape(2, 4, -1), mode="multilabel", backend=BACKEND)
     torch.testing.assert_close(
-        FUNCS[kind](x, y, mode="multilabel", backend=BACKEND), flat, rtol=1e-12, atol=1e-12
+        fn(x, y, mode="multilabel", backend=BACKEND), flat, rtol=1e-12, atol=1e-12
     )
-    flat = FUNCS[kind](x[:, :1].reshape(2, 1, -1), y[:, :1].reshape(2, 1, -1), mode="binary", backend=BACKEND)
+    flat = fn(x[:, :1].reshape(2, 1, -1), y[:, :1].reshape(2, 1, -1), mode="binary", backend=BACKEND)
     torch.testing.assert_close(
-        FUNCS[kind](x[:, :1], y[:, :1], mode="binary", backend=BACKEND), flat, rtol=1e-12, atol=1e-12
+        fn(x[:, :1], y[:, :1], mode="binary", backend=BACKEND), flat, rtol=1e-12, atol=1e-12
     )
 
 
-@pytest.mark.parametrize("kind", list(FUNCS))
-def test_binary_shapes(kind):
-    g = torch.Generator().manual_seed(2)
+@pytest.mark.parametrize("info", LOSSES)
+def test_binary_shapes(info):
+    fn = info.function
+    g = seeded(2)
     x = torch.randn(3, 1, 4, 5, generator=g, dtype=torch.float64)
     y = (torch.rand(3, 1, 4, 5, generator=g) > 0.5).double()
-    ref = FUNCS[kind](x, y, mode="binary", backend=BACKEND)
+    ref = fn(x, y, mode="binary", backend=BACKEND)
     for xi, yi in (
         (x[:, 0], y[:, 0]),
         (x, y[:, 0]),
@@ -113,17 +105,17 @@ def test_binary_shapes(kind):
         (x, y.to(torch.uint8)),
     ):
         torch.testing.assert_close(
-            FUNCS[kind](xi, yi, mode="binary", backend=BACKEND), ref, rtol=1e-12, atol=1e-12
+            fn(xi, yi, mode="binary", backend=BACKEND), ref, rtol=1e-12, atol=1e-12
         )
     # binary = multilabel with one channel
     torch.testing.assert_close(
-        FUNCS[kind](x, y, mode="multilabel", backend=BACKEND), ref, rtol=1e-12, atol=1e-12
+        fn(x, y, mode="multilabel", backend=BACKEND), ref, rtol=1e-12, atol=1e-12
     )
 
 
 def test_binary_equals_two_class_sigmoid_foreground():
     # binary Dice on the foreground equals the multiclass Dice of class 1 with probabilities [1 - p, p]
-    g = torch.Generator().manual_seed(3)
+    g = seeded(3)
     p = torch.rand(2, 1, 16, generator=g, dtype=torch.float64)
     y = (torch.rand(2, 1, 16, generator=g) > 0.5).long()
     b = DF.dice_loss(p, y.double(), mode="binary", from_logits=False, reduction="none", backend=BACKEND)
@@ -132,7 +124,7 @@ def test_binary_equals_two_class_sigmoid_foreground():
 
 
 def test_multilabel_bool_and_integer_targets():
-    g = torch.Generator().manual_seed(4)
+    g = seeded(4)
     x = torch.randn(2, 3, 10, generator=g, dtype=torch.float64)
     y = torch.rand(2, 3, 10, generator=g) > 0.5
     ref = DF.dice_loss(x, y.double(), mode="multilabel", backend=BACKEND)
@@ -144,53 +136,83 @@ def test_multilabel_bool_and_integer_targets():
 # reduction shapes
 
 
-@pytest.mark.parametrize("kind", list(FUNCS))
-@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
-def test_reduction_shapes(kind, mode):
+def _reduction_case(mode):
     x, t = _mc(B=3, C=4, S=(5,))
     if mode == "binary":
         x, t = x[:, :1], (t[:, None] > 1).double()
     elif mode == "multilabel":
         t = (F.one_hot(t, 4).movedim(-1, 1) + (x > 1)).clamp_max(1).double()
-    C = x.shape[1]
+    return x, t
+
+
+@pytest.mark.parametrize("info", LOSSES)
+@pytest.mark.parametrize("mode", MODES)
+def test_reduction_mean_and_sum_are_scalars(info, mode):
+    x, t = _reduction_case(mode)
     for reduction in ("mean", "sum"):
-        assert FUNCS[kind](x, t, mode=mode, reduction=reduction, backend=BACKEND).shape == ()
-        assert FUNCS[kind](x, t, mode=mode, reduction=reduction, batch_dice=True, backend=BACKEND).shape == ()
-    if kind in ("dice_ce", "dice_focal"):
-        with pytest.raises(ValueError, match="not 'none'"):
-            FUNCS[kind](x, t, mode=mode, reduction="none", backend=BACKEND)
-        return
-    none = FUNCS[kind](x, t, mode=mode, reduction="none", backend=BACKEND)
-    batch = FUNCS[kind](x, t, mode=mode, reduction="none", batch_dice=True, backend=BACKEND)
-    nobg = FUNCS[kind](x, t, mode=mode, reduction="none", include_background=False, backend=BACKEND)
-    if kind == "gdl":
-        assert none.shape == (3,) and batch.shape == () and nobg.shape == (3,)
-        return
+        assert info.function(x, t, mode=mode, reduction=reduction, backend=BACKEND).shape == ()
+        assert info.function(x, t, mode=mode, reduction=reduction, batch_dice=True, backend=BACKEND).shape == ()
+
+
+@pytest.mark.parametrize("info", losses(lambda info: info.unreduced is None))
+@pytest.mark.parametrize("mode", MODES)
+def test_reduction_none_refused_by_compound_losses(info, mode):
+    x, t = _reduction_case(mode)
+    with pytest.raises(ValueError, match="not 'none'"):
+        info.function(x, t, mode=mode, reduction="none", backend=BACKEND)
+
+
+@pytest.mark.parametrize("info", losses(lambda info: info.unreduced == "group"))
+@pytest.mark.parametrize("mode", MODES)
+def test_reduction_none_one_value_per_group(info, mode):
+    x, t = _reduction_case(mode)
+    fn = info.function
+    none = fn(x, t, mode=mode, reduction="none", backend=BACKEND)
+    batch = fn(x, t, mode=mode, reduction="none", batch_dice=True, backend=BACKEND)
+    nobg = fn(x, t, mode=mode, reduction="none", include_background=False, backend=BACKEND)
+    assert none.shape == (3,) and batch.shape == () and nobg.shape == (3,)
+
+
+@pytest.mark.parametrize("info", losses(lambda info: info.unreduced == "class"))
+@pytest.mark.parametrize("mode", MODES)
+def test_reduction_none_one_value_per_class(info, mode):
+    x, t = _reduction_case(mode)
+    fn = info.function
+    C = x.shape[1]
+    none = fn(x, t, mode=mode, reduction="none", backend=BACKEND)
+    batch = fn(x, t, mode=mode, reduction="none", batch_dice=True, backend=BACKEND)
+    nobg = fn(x, t, mode=mode, reduction="none", include_background=False, backend=BACKEND)
     K = C - 1 if mode != "binary" else 1  # binary mode ignores include_background
     assert none.shape == (3, C) and batch.shape == (C,) and nobg.shape == (3, K)
-    if mode == "multiclass":
-        # ignore_index naming a real class drops that column too
-        t2 = t.clone()
-        t2[:, 0] = 2
-        ign = FUNCS[kind](x, t2, reduction="none", ignore_index=2, backend=BACKEND)
-        assert ign.shape == (3, C - 1)
-        both = FUNCS[kind](
-            x,
-            t2,
-            reduction="none",
-            ignore_index=2,
-            include_background=False,
-            batch_dice=True,
-            backend=BACKEND,
-        )
-        assert both.shape == (C - 2,)
-        # and the kept columns are the per-class values of the others (classes 0, 1, 3)
-        full = FUNCS[kind](x, t2, reduction="none", ignore_index=2, backend=BACKEND)
-        assert torch.equal(ign, full)
-        # an ignore_index outside the classes keeps every column
-        t3 = t.clone()
-        t3[:, 0] = 255
-        assert FUNCS[kind](x, t3, reduction="none", ignore_index=255, backend=BACKEND).shape == (3, C)
+
+
+@pytest.mark.parametrize("info", losses(lambda info: info.unreduced == "class"))
+def test_reduction_none_ignore_index_of_a_real_class_drops_its_column(info):
+    x, t = _reduction_case("multiclass")
+    fn = info.function
+    C = x.shape[1]
+    # ignore_index naming a real class drops that column too
+    t2 = t.clone()
+    t2[:, 0] = 2
+    ign = fn(x, t2, reduction="none", ignore_index=2, backend=BACKEND)
+    assert ign.shape == (3, C - 1)
+    both = fn(
+        x,
+        t2,
+        reduction="none",
+        ignore_index=2,
+        include_background=False,
+        batch_dice=True,
+        backend=BACKEND,
+    )
+    assert both.shape == (C - 2,)
+    # and the kept columns are the per-class values of the others (classes 0, 1, 3)
+    full = fn(x, t2, reduction="none", ignore_index=2, backend=BACKEND)
+    assert torch.equal(ign, full)
+    # an ignore_index outside the classes keeps every column
+    t3 = t.clone()
+    t3[:, 0] = 255
+    assert fn(x, t3, reduction="none", ignore_index=255, backend=BACKEND).shape == (3, C)
 
 
 def test_ignore_real_class_drops_it_instead_of_pushing_it_to_zero():
@@ -249,7 +271,7 @@ def test_weight_on_the_module_moves_with_it():
 
 def test_mask_dtypes_agree():
     x, t = _mc()
-    m = torch.rand(t.shape, generator=torch.Generator().manual_seed(5)) > 0.3
+    m = torch.rand(t.shape, generator=seeded(5)) > 0.3
     ref = DF.dice_loss(x, t, m, backend=BACKEND)
     for mi in (m.long(), m.float(), m.to(torch.uint8), m[:, None]):
         torch.testing.assert_close(DF.dice_loss(x, t, mi, backend=BACKEND), ref)

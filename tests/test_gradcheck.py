@@ -11,52 +11,17 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import LOSSES, MODES, seeded
 
-import diceloss
 from diceloss import functional as DF
 
 BACKEND = "reference"
 B, C, N = 2, 3, 5
 
+# the inputs are valid by construction; skipping the value checks halves the time of the many forwards
+pytestmark = pytest.mark.usefixtures("no_value_checks")
 
-@pytest.fixture(autouse=True)
-def _no_value_checks():
-    # the inputs are valid by construction; skipping the value checks halves the time of the many forwards
-    previous = diceloss.set_value_checks(False)
-    yield
-    diceloss.set_value_checks(previous)
-
-
-FUNCS = {
-    "dice": DF.dice_loss,
-    "jaccard": DF.jaccard_loss,
-    "tversky": DF.tversky_loss,
-    "gdl": DF.generalized_dice_loss,
-    "dice_ce": DF.dice_ce_loss,
-    "dice_focal": DF.dice_focal_loss,
-}
-
-# options each loss takes beyond the shared ones
-EXTRA = {
-    "dice": {"squared", "log", "weight", "absent"},
-    "jaccard": {"weight", "absent"},
-    "tversky": {"weight", "absent", "alpha", "beta", "exponent"},
-    "gdl": {"weighting"},
-    "dice_ce": {"squared", "log", "weight", "absent", "label_smoothing", "lambda_ce"},
-    "dice_focal": {"squared", "log", "weight", "absent", "gamma", "lambda_focal"},
-}
-SHARED = {
-    "mode",
-    "from_logits",
-    "batch_dice",
-    "ignore_index",
-    "include_background",
-    "reduction",
-    "soft_label",
-    "smooth_nr",
-    "smooth_dr",
-}
-
+# the options each loss takes come from the registry (tests/conftest.py)
 OPTIONS = [
     {},
     {"from_logits": False},
@@ -85,7 +50,7 @@ OPTIONS = [
 
 
 def _inputs(mode, opts, seed):
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     c = 1 if mode == "binary" else C
     x = torch.randn(B, c, N, generator=g, dtype=torch.float64)
     if not opts.get("from_logits", True):
@@ -118,29 +83,29 @@ def _inputs(mode, opts, seed):
 
 def _cases():
     out = []
-    for kind in FUNCS:
-        allowed = SHARED | EXTRA[kind]
-        for mode in ("multiclass", "binary", "multilabel"):
+    for info in LOSSES:
+        for mode in MODES:
             for i, opts in enumerate(OPTIONS):
                 keys = set(opts) - {"mask", "target", "sparse_target"}
-                if not keys <= allowed:
+                if not info.takes(*keys):
                     continue
-                if kind in ("dice_ce", "dice_focal") and opts.get("reduction") == "none":
+                if info.unreduced is None and opts.get("reduction") == "none":
                     continue
                 if mode != "multiclass" and (opts.get("target") == "onehot" or opts.get("ignore_index") == 1):
                     continue
-                out.append(pytest.param(kind, mode, opts, id=f"{kind}-{mode}-{i}"))
+                out.append(pytest.param(info, mode, opts, id=f"{info.name}-{mode}-{i}"))
     return out
 
 
-@pytest.mark.parametrize("kind,mode,opts", _cases())
-def test_gradcheck(kind, mode, opts):
+@pytest.mark.parametrize("info,mode,opts", _cases())
+def test_gradcheck(info, mode, opts):
+    kind = info.name
     x, t, mask = _inputs(mode, opts, seed=zlib.crc32(f"{kind}{mode}{sorted(opts.items())}".encode()) % 1000)
     kw = {k: v for k, v in opts.items() if k not in ("mask", "target", "sparse_target")}
     if mode == "binary" and "weight" in kw:
         kw["weight"] = kw["weight"][:1]
     x.requires_grad_(True)
-    fn = FUNCS[kind]
+    fn = info.function
 
     def f(inp):
         return fn(inp, t, mask, mode=mode, backend=BACKEND, **kw)
@@ -149,38 +114,38 @@ def test_gradcheck(kind, mode, opts):
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
-@pytest.mark.parametrize("kind", list(FUNCS))
-@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
-def test_gradcheck_full_jacobian(kind, mode):
-    # the full Jacobian, element by element, for the default options
+@pytest.mark.parametrize("info", LOSSES)
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_full_jacobian(info, mode):
+    # the full Jacobian, element by element, for the default options (per value where the loss has them)
     x, t, mask = _inputs(mode, {"mask": True}, seed=17)
     x.requires_grad_(True)
-    kw = {"reduction": "none"} if kind in ("dice", "jaccard", "tversky", "gdl") else {}
+    kw = {"reduction": "none"} if info.unreduced is not None else {}
     assert torch.autograd.gradcheck(
-        lambda inp: FUNCS[kind](inp, t, mask, mode=mode, backend=BACKEND, **kw), (x,)
+        lambda inp: info.function(inp, t, mask, mode=mode, backend=BACKEND, **kw), (x,)
     )
 
 
-def test_gradcheck_spatial_2d_and_batch_dice_multilabel():
-    g = torch.Generator().manual_seed(3)
+@pytest.mark.parametrize("info", LOSSES)
+def test_gradcheck_spatial_2d_and_batch_dice_multilabel(info):
+    g = seeded(3)
     x = torch.randn(2, 2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
     t = (torch.rand(2, 2, 3, 2, generator=g) > 0.5).double()
-    for fn in FUNCS.values():
-        assert torch.autograd.gradcheck(
-            lambda inp, fn=fn: fn(inp, t, mode="multilabel", batch_dice=True, backend=BACKEND), (x,)
-        )
+    assert torch.autograd.gradcheck(
+        lambda inp: info.function(inp, t, mode="multilabel", batch_dice=True, backend=BACKEND), (x,)
+    )
 
 
 def test_gradgradcheck_reference_dice():
     # the reference backend is plain autograd, so it also has second derivatives
-    g = torch.Generator().manual_seed(4)
+    g = seeded(4)
     x = torch.randn(1, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 3, (1, 4), generator=g)
     assert torch.autograd.gradgradcheck(lambda inp: DF.dice_loss(inp, t, backend=BACKEND), (x,))
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
-@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
+@pytest.mark.parametrize("mode", MODES)
 def test_focal_gradient_finite_at_saturated_logits(gamma, mode):
     # confident, correct logits make p == 1 exactly; (1 - p) ** gamma with gamma < 1 must not give NaN there
     c = 1 if mode == "binary" else 2
@@ -199,9 +164,9 @@ def test_focal_gradient_finite_at_saturated_logits(gamma, mode):
     assert float(loss.detach()) < 1e-6
 
 
-@pytest.mark.parametrize("kind", list(FUNCS))
-@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
-def test_gradient_finite_at_probabilities_zero_and_one(kind, mode):
+@pytest.mark.parametrize("info", LOSSES)
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_finite_at_probabilities_zero_and_one(info, mode):
     # from_logits=False with exact 0 / 1 probabilities (hard maps, clamped outputs): finite values, gradients
     c = 1 if mode == "binary" else 2
     p = torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 0.25], dtype=torch.float64).expand(2, c, 6).clone()
@@ -211,6 +176,6 @@ def test_gradient_finite_at_probabilities_zero_and_one(kind, mode):
     else:
         t = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64).expand(2, c, 6)
     p.requires_grad_(True)
-    loss = FUNCS[kind](p, t, mode=mode, from_logits=False, backend=BACKEND)
+    loss = info.function(p, t, mode=mode, from_logits=False, backend=BACKEND)
     (grad,) = torch.autograd.grad(loss, p)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()

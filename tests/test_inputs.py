@@ -12,27 +12,22 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import LOSSES, functions, modules, seeded
 
 import diceloss
 from diceloss import _checks, _layout, stats
 from diceloss import functional as DF
 
-ALL_FUNCS = [
-    DF.dice_loss,
-    DF.jaccard_loss,
-    DF.tversky_loss,
-    DF.generalized_dice_loss,
-    DF.dice_ce_loss,
-    DF.dice_focal_loss,
-]
-ALL_MODULES = [
-    diceloss.DiceLoss,
-    diceloss.JaccardLoss,
-    diceloss.TverskyLoss,
-    diceloss.GeneralizedDiceLoss,
-    diceloss.DiceCELoss,
-    diceloss.DiceFocalLoss,
-]
+# every check below that concerns all losses runs for each row of the registry (tests/conftest.py)
+ALL_FUNCS = functions()
+ALL_MODULES = modules()
+WEIGHTED_FUNCS = functions(lambda info: info.takes("weight"))
+WEIGHTED_MODULES = modules(lambda info: info.takes("weight"))
+ABSENT_MODULES = modules(lambda info: info.takes("absent"))
+COMPOUND_FUNCS = functions(lambda info: info.compound)
+COMPOUND_MODULES = modules(lambda info: info.compound)
+
+pytestmark = pytest.mark.usefixtures("auto_value_checks")
 
 
 class ComputationStarted(Exception):
@@ -44,18 +39,13 @@ def no_compute(monkeypatch):
     def refuse(*args, **kwargs):
         raise ComputationStarted("the statistics were computed before the inputs were checked")
 
-    monkeypatch.setattr(stats, "select_backend", refuse)
-
-
-@pytest.fixture(autouse=True)
-def _value_checks_on():
-    previous = diceloss.set_value_checks(None)
-    yield
-    diceloss.set_value_checks(previous)
+    # every loss and compute_stats reach a backend through diceloss.stats.stats_from_layout, which asks the
+    # dispatcher (``resolve``, looked up in the stats package) for one: refuse there
+    monkeypatch.setattr(stats, "resolve", refuse)
 
 
 def _mc(B=2, C=3, S=(4, 5)):
-    g = torch.Generator().manual_seed(0)
+    g = seeded(0)
     return torch.randn(B, C, *S, generator=g), torch.randint(0, C, (B, *S), generator=g)
 
 
@@ -66,6 +56,16 @@ def _raises(exc, pattern, fn, *args, **kwargs):
     assert re.search(pattern, msg), f"message {msg!r} does not match {pattern!r}"
     assert type(info.value) is exc  # not an AssertionError, not a torch RuntimeError / IndexError
     return msg
+
+
+@pytest.mark.parametrize("fn", ALL_FUNCS)
+def test_no_compute_refuses_valid_inputs(no_compute, fn):
+    # the fixture is live: a valid call reaches the statistics and is stopped there
+    x, t = _mc()
+    with pytest.raises(ComputationStarted):
+        fn(x, t)
+    with pytest.raises(ComputationStarted):
+        diceloss.compute_stats(x, t)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,10 +314,7 @@ def test_complex_input(no_compute):
 # weight
 
 
-WEIGHTED = [DF.dice_loss, DF.jaccard_loss, DF.tversky_loss, DF.dice_ce_loss, DF.dice_focal_loss]
-
-
-@pytest.mark.parametrize("fn", WEIGHTED)
+@pytest.mark.parametrize("fn", WEIGHTED_FUNCS)
 @pytest.mark.parametrize("n", [2, 4])
 def test_weight_wrong_length(no_compute, fn, n):
     x, t = _mc()
@@ -354,16 +351,7 @@ def test_weight_wrong_length_binary(no_compute):
     )
 
 
-@pytest.mark.parametrize(
-    "cls",
-    [
-        diceloss.DiceLoss,
-        diceloss.JaccardLoss,
-        diceloss.TverskyLoss,
-        diceloss.DiceCELoss,
-        diceloss.DiceFocalLoss,
-    ],
-)
+@pytest.mark.parametrize("cls", WEIGHTED_MODULES)
 @pytest.mark.parametrize("weight", [[1.0, -0.5, 1.0], [1.0, float("nan"), 1.0], [float("inf"), 1.0, 1.0]])
 def test_weight_negative_or_not_finite_in_constructor(cls, weight):
     _raises(ValueError, r"weight must be finite and non-negative, got \[", cls, weight=weight)
@@ -425,7 +413,7 @@ def test_unknown_reduction(cls):
     _raises(ValueError, r"reduction must be one of 'mean', 'sum'.*got 'avg'", cls, reduction="avg")
 
 
-@pytest.mark.parametrize("cls", [diceloss.DiceCELoss, diceloss.DiceFocalLoss])
+@pytest.mark.parametrize("cls", COMPOUND_MODULES)
 def test_compound_rejects_reduction_none(cls):
     msg = _raises(
         ValueError, rf"{cls.__name__} .*reduction='mean' or 'sum', not 'none'", cls, reduction="none"
@@ -433,7 +421,7 @@ def test_compound_rejects_reduction_none(cls):
     assert "different shapes" in msg
 
 
-@pytest.mark.parametrize("fn", [DF.dice_ce_loss, DF.dice_focal_loss])
+@pytest.mark.parametrize("fn", COMPOUND_FUNCS)
 def test_compound_function_rejects_reduction_none(no_compute, fn):
     x, t = _mc()
     _raises(ValueError, r"not 'none'", fn, x, t, reduction="none")
@@ -448,16 +436,7 @@ def test_unknown_weighting():
     )
 
 
-@pytest.mark.parametrize(
-    "cls",
-    [
-        diceloss.DiceLoss,
-        diceloss.JaccardLoss,
-        diceloss.TverskyLoss,
-        diceloss.DiceCELoss,
-        diceloss.DiceFocalLoss,
-    ],
-)
+@pytest.mark.parametrize("cls", ABSENT_MODULES)
 def test_unknown_absent(cls):
     _raises(ValueError, r"absent must be one of 'include', 'exclude'; got 'drop'", cls, absent="drop")
 
@@ -540,13 +519,13 @@ def test_distributed_needs_batch_dice():
 
 def test_options_fail_in_the_constructor_not_at_the_first_batch():
     # each module refuses a bad option when it is built; the functions refuse it before computing
-    for cls in ALL_MODULES:
+    for info in LOSSES:
         with pytest.raises(ValueError):
-            cls(reduction="bogus")
+            info.module(reduction="bogus")
     x, t = _mc()
-    for fn in ALL_FUNCS:
+    for info in LOSSES:
         with pytest.raises(ValueError):
-            fn(x, t, reduction="bogus")
+            info.function(x, t, reduction="bogus")
 
 
 @pytest.mark.parametrize("fn", ALL_FUNCS)
@@ -685,7 +664,7 @@ def test_unit_interval_fast_path_is_exact(dtype):
     # the bit-pattern test says "surely in [0, 1]" only when every value is; it may defer (-0.0) but never err
     specials = torch.tensor([0.0, -0.0, 1.0, 0.5, 1e-30, -1e-30, 1.0 + 1e-3, -1.0, 2.0, float("inf"), float("-inf"),
                              float("nan"), -float("nan"), 255.0], dtype=torch.float64).to(dtype)
-    g = torch.Generator().manual_seed(0)
+    g = seeded(0)
     for _ in range(200):
         t = specials[torch.randint(0, len(specials), (int(torch.randint(1, 6, (1,), generator=g)),), generator=g)]
         exact = bool(((t >= 0) & (t <= 1)).all())

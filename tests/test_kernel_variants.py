@@ -12,7 +12,7 @@ import platform
 import pytest
 import torch
 
-from diceloss.backends import _cpu_kernel
+from diceloss.stats import cpu
 
 pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set variants")
 
@@ -29,16 +29,16 @@ CONFIGS = [
 
 @pytest.fixture(scope="module")
 def native():
-    module = _cpu_kernel.load()
+    module = cpu.load()
     if module is None:
-        pytest.skip(f"no compiled kernel on this machine: {_cpu_kernel.status()}")
+        pytest.skip(f"no compiled kernel on this machine: {cpu.status()}")
     return module
 
 
 # one test per variant (each build in one pytest-xdist worker), both dtypes inside
-@pytest.mark.parametrize("variant", sorted(_cpu_kernel.VARIANTS))
+@pytest.mark.parametrize("variant", sorted(cpu.VARIANTS))
 def test_variant_matches_native(native, variant):
-    other = _cpu_kernel.build_variant(variant)
+    other = cpu.build_variant(variant)
     for dtype in (torch.float32, torch.float64):
         _compare(native, other, variant, dtype)
 

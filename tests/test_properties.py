@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import LOSS, LOSSES, losses, seeded
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,13 +15,11 @@ from diceloss import metrics
 BACKEND = "reference"
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
-PER_CLASS = {"dice": DF.dice_loss, "jaccard": DF.jaccard_loss, "tversky": DF.tversky_loss}
-ALL = {
-    **PER_CLASS,
-    "gdl": DF.generalized_dice_loss,
-    "dice_ce": DF.dice_ce_loss,
-    "dice_focal": DF.dice_focal_loss,
-}
+# from the registry (tests/conftest.py): the losses with a value per class, and all of them
+PER_CLASS = {info.name: info.function for info in losses(lambda info: info.unreduced == "class")}
+ALL = {info.name: info.function for info in LOSSES}
+# the losses that reach exactly 0 at p = g (no pixel-wise term), also for soft targets
+OVERLAP_ONLY = [info.name for info in losses(lambda info: not info.compound)]
 
 
 @st.composite
@@ -33,7 +32,7 @@ def problems(draw, modes=("multiclass", "binary", "multilabel"), soft=True):
     seed = draw(st.integers(0, 2**31 - 1))
     scale = draw(st.sampled_from([0.1, 1.0, 5.0, 30.0]))
     target_kind = draw(st.sampled_from(["hard", "soft"] if soft else ["hard"]))
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     x = torch.randn(B, C, N, generator=g, dtype=torch.float64) * scale
     if mode == "multiclass":
         if target_kind == "soft":
@@ -65,7 +64,7 @@ COMMON = st.fixed_dictionaries(
 def test_per_class_losses_in_unit_interval(problem, opts, kind, squared):
     x, t, mode = problem
     kw = dict(opts)
-    if kind == "dice":
+    if LOSS[kind].takes("squared"):
         kw["squared"] = squared
     per = PER_CLASS[kind](x, t, mode=mode, reduction="none", backend=BACKEND, **kw)
     assert torch.isfinite(per).all()
@@ -100,7 +99,7 @@ def test_perfect_prediction_is_the_minimum(problem, kind, batch_dice):
     C = x.shape[1]
     g = _one_hot(t, C)
     soft = bool(((g > 0) & (g < 1)).any())
-    if soft and kind == "dice_focal":
+    if soft and not LOSS[kind].soft_targets:
         return  # the focal term of a soft target is not minimal at p = g (it is not a proper scoring rule)
     kw = {
         "batch_dice": batch_dice,
@@ -109,13 +108,13 @@ def test_perfect_prediction_is_the_minimum(problem, kind, batch_dice):
         "mode": mode,
         "soft_label": bool(soft),
     }
-    if kind == "dice_focal":
+    if not LOSS[kind].soft_targets:
         kw.pop("soft_label")
     p = torch.softmax(x, 1) if mode == "multiclass" else torch.sigmoid(x)
     perfect = ALL[kind](g.clone(), t, **kw)
     other = ALL[kind](p, t, **kw)
     assert float(other) >= float(perfect) - 1e-12
-    if kind in ("dice", "jaccard", "tversky", "gdl"):
+    if kind in OVERLAP_ONLY:
         # the Dice-family losses reach exactly 0 at p = g, also for soft targets (the semimetric)
         assert abs(float(perfect)) < 1e-12
 
@@ -133,7 +132,7 @@ def test_class_permutation_invariance(problem, kind, data):
     else:
         t_perm = inv[t]  # class k becomes the class at which k sits after the permutation
     kw = {"mode": mode, "backend": BACKEND}
-    if kind != "gdl":
+    if LOSS[kind].takes("weight"):
         kw["weight"] = weight
         kw_perm = dict(kw, weight=weight[perm])
     else:
@@ -152,7 +151,7 @@ def test_class_permutation_invariance(problem, kind, data):
 def test_ignored_positions_change_nothing(problem, kind, batch_dice, seed):
     x, t, mode = problem
     B, C, N = x.shape
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     mask = torch.rand(B, N, generator=g) > 0.4
     noise_x = torch.randn(B, C, N, generator=g, dtype=torch.float64) * 10
     x2 = torch.where(mask[:, None], x, noise_x)
@@ -189,13 +188,13 @@ def test_ignored_positions_change_nothing(problem, kind, batch_dice, seed):
 
 
 @SETTINGS
-@given(problems(), st.sampled_from(["dice", "jaccard", "tversky", "gdl"]), st.integers(0, 2**31 - 1))
+@given(problems(), st.sampled_from(OVERLAP_ONLY), st.integers(0, 2**31 - 1))
 def test_per_sample_loss_independent_of_other_samples(problem, kind, seed):
     x, t, mode = problem
     B = x.shape[0]
     if B < 2:
         x, t = torch.cat([x, x.flip(-1)]), torch.cat([t, t.flip(-1)])
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     x2 = x.clone()
     x2[1:] = torch.randn(x2[1:].shape, generator=g, dtype=x.dtype) * 4
     t2 = t.clone()
@@ -273,7 +272,7 @@ def test_gdl_single_class_is_dice(problem):
 
 @pytest.mark.parametrize("kind", list(PER_CLASS))
 def test_batch_dice_with_one_sample_equals_per_sample(kind):
-    g = torch.Generator().manual_seed(1)
+    g = seeded(1)
     x = torch.randn(1, 3, 10, generator=g, dtype=torch.float64)
     t = torch.randint(0, 3, (1, 10), generator=g)
     a = PER_CLASS[kind](x, t, reduction="none", backend=BACKEND)

@@ -3,8 +3,9 @@
 Two kinds of check:
 
 * literal values worked out by hand (in the comments) on a 1 x 2 x 4 case of probabilities;
-* an independent NumPy oracle written from the formulas of issue 2 / DESIGN.md with plain loops
-  (no code shared with diceloss), compared on small random cases over the whole option grid.
+* the independent NumPy oracle of ``tests/_oracle.py`` (plain loops, no code shared with diceloss),
+  compared on small random cases over the whole option grid, for every loss of the registry
+  (``tests/conftest.py``) and every option it takes.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _oracle import oracle
+from conftest import LOSS, LOSSES, MODES
 
 import diceloss
 from diceloss import functional as DF
 
 BACKEND = "reference"
-LOG_FLOOR = 1e-7
 
 # ----------------------------------------------------------------------------------------------
 # literal hand-computed values
@@ -71,13 +73,7 @@ HAND_CASES = [
 @pytest.mark.parametrize("kind,opts,expected", HAND_CASES)
 def test_hand_values(kind, opts, expected):
     x, t = hand_input()
-    fn = {
-        "dice": DF.dice_loss,
-        "jaccard": DF.jaccard_loss,
-        "tversky": DF.tversky_loss,
-        "gdl": DF.generalized_dice_loss,
-    }[kind]
-    got = fn(x, t, **NO_SMOOTH, **opts)
+    got = LOSS[kind].function(x, t, **NO_SMOOTH, **opts)
     assert float(got) == pytest.approx(expected, abs=1e-12)
 
 
@@ -160,204 +156,7 @@ def test_hand_value_ignore_real_class():
 
 
 # ----------------------------------------------------------------------------------------------
-# the independent oracle
-
-
-def _softmax(x):
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _sigmoid(x):
-    return 1 / (1 + np.exp(-x))
-
-
-def oracle(
-    kind,
-    x,
-    t,
-    mask=None,
-    *,
-    mode="multiclass",
-    from_logits=True,
-    include_background=True,
-    weight=None,
-    ignore_index=None,
-    batch_dice=False,
-    squared=False,
-    log=False,
-    smooth_nr=1e-5,
-    smooth_dr=1e-5,
-    absent="include",
-    soft_label=False,
-    reduction="mean",
-    alpha=0.5,
-    beta=0.5,
-    exponent=1.0,
-    weighting="square",
-    lambda_dice=1.0,
-    lambda_ce=1.0,
-    label_smoothing=0.0,
-    gamma=2.0,
-    lambda_focal=1.0,
-):
-    """Every loss of issue 2, straight from the formulas; x (B, C, N), t (B, N) indices or (B, C, N)."""
-    x = np.asarray(x, dtype=np.float64)
-    B, C, N = x.shape
-    if from_logits:
-        p = _softmax(x) if mode == "multiclass" else _sigmoid(x)
-    else:
-        p = x.copy()
-    t = np.asarray(t)
-    m = np.ones((B, C, N))
-    if mask is not None:
-        m = m * (np.asarray(mask) != 0)[:, None, :]
-    if mode == "multiclass" and t.ndim == 2:
-        g = np.zeros((B, C, N))
-        for b in range(B):
-            for n in range(N):
-                if ignore_index is not None and t[b, n] == ignore_index:
-                    m[b, :, n] = 0
-                else:
-                    g[b, t[b, n], n] = 1
-    else:
-        g = np.asarray(t, dtype=np.float64).copy()
-        if ignore_index is not None:
-            if mode == "multiclass":
-                for b in range(B):
-                    for n in range(N):
-                        if g[b, ignore_index, n] >= 0.5:
-                            m[b, :, n] = 0
-            else:
-                bad = g == ignore_index
-                m = m * ~bad
-                g[bad] = 0
-    q = 2 if squared else 1
-    mn = np.minimum(p, g) if (soft_label and not squared) else p * g
-    I = (m * mn).sum(-1)
-    P = (m * p**q).sum(-1)
-    G = (m * g**q).sum(-1)
-    if batch_dice:
-        I, P, G = I.sum(0, keepdims=True), P.sum(0, keepdims=True), G.sum(0, keepdims=True)
-    kept = list(range(C))
-    if mode != "binary":
-        if not include_background:
-            kept.remove(0)
-        if mode == "multiclass" and ignore_index is not None and ignore_index in kept:
-            kept.remove(ignore_index)
-    I, P, G = I[:, kept], P[:, kept], G[:, kept]
-    nG, K = I.shape
-
-    if kind == "gdl":
-        out = np.zeros(nG)
-        for j in range(nG):
-            if weighting == "uniform":
-                w = np.ones(K)
-            else:
-                w = np.array(
-                    [
-                        (1 / G[j, k] ** 2 if weighting == "square" else 1 / G[j, k])
-                        if G[j, k] > 0
-                        else np.nan
-                        for k in range(K)
-                    ]
-                )
-                if np.all(np.isnan(w)):
-                    w = np.ones(K)
-                else:
-                    w[np.isnan(w)] = np.nanmax(w)
-            out[j] = 1 - (2 * (w * I[j]).sum() + smooth_nr) / ((w * (P[j] + G[j])).sum() + smooth_dr)
-        if reduction == "none":
-            return out[0] if batch_dice else out
-        return out.sum() if reduction == "sum" else out.mean()
-
-    if kind in ("dice", "dice_ce", "dice_focal"):
-        score = (2 * I + smooth_nr) / (P + G + smooth_dr)
-        if log:  # -log D, continued below D = 1e-7 by its tangent line
-            per = np.where(
-                score >= LOG_FLOOR,
-                -np.log(np.maximum(score, LOG_FLOOR)),
-                (LOG_FLOOR - score) / LOG_FLOOR - math.log(LOG_FLOOR),
-            )
-        else:
-            per = 1 - score
-    elif kind == "jaccard":
-        per = 1 - (I + smooth_nr) / (P + G - I + smooth_dr)
-    elif kind == "tversky":
-        T = (I + smooth_nr) / (I + alpha * (P - I) + beta * (G - I) + smooth_dr)
-        per = np.maximum(1 - T, 0) ** exponent
-    else:
-        raise ValueError(kind)
-    wk = np.ones(K) if weight is None else np.asarray(weight, dtype=np.float64)[kept]
-    factor = np.broadcast_to(wk, per.shape).copy()
-    if absent == "exclude":
-        factor = factor * (G > 0)
-    if reduction == "none":
-        res = per * factor
-        return res[0] if batch_dice else res
-    if reduction == "sum":
-        dice_term = (per * factor).sum()
-    else:
-        groups = [
-            (per[j] * factor[j]).sum() / factor[j].sum() if factor[j].sum() > 0 else 0.0 for j in range(nG)
-        ]
-        dice_term = float(np.mean(groups))
-    if kind in ("dice", "jaccard", "tversky"):
-        return dice_term
-
-    # the pixel-wise term
-    wc = np.ones(C) if weight is None else np.asarray(weight, dtype=np.float64)
-    logp = np.log(np.maximum(p, 1e-300)) if from_logits else np.maximum(np.log(np.maximum(p, 1e-300)), -100)
-    num = den = 0.0
-    if mode == "multiclass":
-        eps = label_smoothing if kind == "dice_ce" else 0.0
-        for b in range(B):
-            for n in range(N):
-                if m[b, 0, n] == 0:
-                    continue
-                gs = g[b, :, n] * (1 - eps) + eps / C
-                if kind == "dice_ce":
-                    term = -(wc * gs * logp[b, :, n]).sum()
-                else:
-                    term = -(wc * g[b, :, n] * (1 - p[b, :, n]) ** gamma * logp[b, :, n]).sum()
-                num += term
-                # the class-index weighted mean for every target format (cross_entropy's for indices)
-                den += (wc * g[b, :, n]).sum() if weight is not None else 1.0
-    else:
-        eps = label_smoothing if kind == "dice_ce" else 0.0
-        for b in range(B):
-            for c in range(C):
-                for n in range(N):
-                    if m[b, c, n] == 0:
-                        continue
-                    gg, pp, xx = g[b, c, n], p[b, c, n], x[b, c, n]
-                    if from_logits:
-                        lp, lnp = -np.logaddexp(0, -xx), -np.logaddexp(0, xx)
-                    else:
-                        lp, lnp = (
-                            max(math.log(max(pp, 1e-300)), -100),
-                            max(math.log(max(1 - pp, 1e-300)), -100),
-                        )
-                    if kind == "dice_ce":
-                        gs = gg * (1 - eps) + eps / 2
-                        term = -(gs * lp + (1 - gs) * lnp)
-                    else:
-                        term = -(gg * (1 - pp) ** gamma * lp + (1 - gg) * pp**gamma * lnp)
-                    num += wc[c] * term
-                    den += 1.0
-    other = num if reduction == "sum" else (num / den if den > 0 else 0.0)
-    lam = lambda_ce if kind == "dice_ce" else lambda_focal
-    return lambda_dice * dice_term + lam * other
-
-
-FUNCS = {
-    "dice": DF.dice_loss,
-    "jaccard": DF.jaccard_loss,
-    "tversky": DF.tversky_loss,
-    "gdl": DF.generalized_dice_loss,
-    "dice_ce": DF.dice_ce_loss,
-    "dice_focal": DF.dice_focal_loss,
-}
+# the independent oracle (tests/_oracle.py) over the option grid
 
 
 def _case(mode, seed, *, target="index", B=2, C=3, N=7, ignore=None, probs=False):
@@ -421,58 +220,13 @@ OPTION_GRID = [
     {"lambda_dice": 0.3, "lambda_focal": 0.1, "batch_dice": True},
 ]
 
-OPTIONS_OF = {
-    "dice": {
-        "mode",
-        "from_logits",
-        "include_background",
-        "weight",
-        "ignore_index",
-        "batch_dice",
-        "squared",
-        "log",
-        "smooth_nr",
-        "smooth_dr",
-        "absent",
-        "soft_label",
-        "reduction",
-    },
-    "jaccard": {
-        "mode",
-        "from_logits",
-        "include_background",
-        "weight",
-        "ignore_index",
-        "batch_dice",
-        "smooth_nr",
-        "smooth_dr",
-        "absent",
-        "soft_label",
-        "reduction",
-    },
-    "gdl": {
-        "mode",
-        "from_logits",
-        "include_background",
-        "ignore_index",
-        "batch_dice",
-        "weighting",
-        "smooth_nr",
-        "smooth_dr",
-        "soft_label",
-        "reduction",
-    },
-}
-OPTIONS_OF["tversky"] = OPTIONS_OF["jaccard"] | {"alpha", "beta", "exponent"}
-OPTIONS_OF["dice_ce"] = OPTIONS_OF["dice"] | {"lambda_dice", "lambda_ce", "label_smoothing"}
-OPTIONS_OF["dice_focal"] = OPTIONS_OF["dice"] | {"lambda_dice", "lambda_focal", "gamma"}
 
 
-def _applicable(kind, mode, opts):
+def _applicable(info, mode, opts):
     keys = set(opts) - {"mask"}
-    if not keys <= OPTIONS_OF[kind]:
+    if not info.takes(*keys):
         return False
-    if kind in ("dice_ce", "dice_focal") and opts.get("reduction") == "none":
+    if info.unreduced is None and opts.get("reduction") == "none":
         return False
     ii = opts.get("ignore_index")
     if mode != "multiclass" and ii is not None and ii not in (255, -100):
@@ -482,11 +236,11 @@ def _applicable(kind, mode, opts):
 
 def _grid():
     out = []
-    for kind in FUNCS:
-        for mode in ("multiclass", "binary", "multilabel"):
+    for info in LOSSES:
+        for mode in MODES:
             for i, opts in enumerate(OPTION_GRID):
-                if _applicable(kind, mode, opts):
-                    out.append(pytest.param(kind, mode, opts, id=f"{kind}-{mode}-{i}"))
+                if _applicable(info, mode, opts):
+                    out.append(pytest.param(info.name, mode, opts, id=f"{info.name}-{mode}-{i}"))
     return out
 
 
@@ -509,65 +263,39 @@ def test_against_oracle(kind, mode, opts):
     if use_mask:
         mask = (torch.arange(x.shape[-1]) % 4 != 1)[None].expand(x.shape[0], -1).clone()
         mask[1, :2] = False
-    got = FUNCS[kind](x, t, mask, mode=mode, backend=BACKEND, **opts)
+    got = LOSS[kind].function(x, t, mask, mode=mode, backend=BACKEND, **opts)
     want = oracle(kind, x.numpy(), t.numpy(), None if mask is None else mask.numpy(), mode=mode, **opts)
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", list(FUNCS))
+@pytest.mark.parametrize("info", LOSSES)
 @pytest.mark.parametrize("target", ["onehot", "soft"])
-def test_probability_targets_against_oracle(kind, target):
+def test_probability_targets_against_oracle(info, target):
     x, t = _case("multiclass", seed=3, target=target)
-    opts = {"soft_label": True} if target == "soft" and kind != "dice_focal" else {}
-    if kind in ("dice_ce", "dice_focal"):
+    opts = {"soft_label": True} if target == "soft" and info.soft_targets else {}
+    if info.compound:
         opts["weight"] = [0.5, 1.0, 2.0]
-    got = FUNCS[kind](x, t, backend=BACKEND, **opts)
-    want = oracle(kind, x.numpy(), t.numpy(), **opts)
+    got = info.function(x, t, backend=BACKEND, **opts)
+    want = oracle(info.name, x.numpy(), t.numpy(), **opts)
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
 
 
-def test_onehot_ignore_channel_against_oracle():
+@pytest.mark.parametrize("info", LOSSES)
+def test_onehot_ignore_channel_against_oracle(info):
     # a one-hot target with ignore_index naming a channel: positions of that channel drop out
     x, t = _case("multiclass", seed=5, target="onehot")
-    for kind in FUNCS:
-        got = FUNCS[kind](x, t, ignore_index=2, backend=BACKEND)
-        want = oracle(kind, x.numpy(), t.numpy(), ignore_index=2)
-        np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
+    got = info.function(x, t, ignore_index=2, backend=BACKEND)
+    want = oracle(info.name, x.numpy(), t.numpy(), ignore_index=2)
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
 
 
-def test_modules_equal_functions():
+@pytest.mark.parametrize("info", LOSSES)
+def test_module_equals_function(info):
+    # the registry's example options (weights, exponents, weighting, smoothing, lambdas) through both forms
     x, t = _case("multiclass", seed=11)
-    w = [0.5, 1.0, 2.0]
-    pairs = [
-        (
-            diceloss.DiceLoss(weight=w, squared=True, backend=BACKEND),
-            DF.dice_loss,
-            dict(weight=w, squared=True),
-        ),
-        (diceloss.JaccardLoss(batch_dice=True, backend=BACKEND), DF.jaccard_loss, dict(batch_dice=True)),
-        (
-            diceloss.TverskyLoss(alpha=0.2, beta=0.8, exponent=0.75, backend=BACKEND),
-            DF.tversky_loss,
-            dict(alpha=0.2, beta=0.8, exponent=0.75),
-        ),
-        (
-            diceloss.GeneralizedDiceLoss(weighting="simple", backend=BACKEND),
-            DF.generalized_dice_loss,
-            dict(weighting="simple"),
-        ),
-        (
-            diceloss.DiceCELoss(weight=w, label_smoothing=0.1, lambda_ce=0.5, backend=BACKEND),
-            DF.dice_ce_loss,
-            dict(weight=w, label_smoothing=0.1, lambda_ce=0.5),
-        ),
-        (
-            diceloss.DiceFocalLoss(gamma=1.5, lambda_focal=2.0, backend=BACKEND),
-            DF.dice_focal_loss,
-            dict(gamma=1.5, lambda_focal=2.0),
-        ),
-    ]
-    for module, fn, kw in pairs:
-        assert float(module(x, t)) == pytest.approx(float(fn(x, t, backend=BACKEND, **kw)), abs=1e-14)
+    module = info.module(backend=BACKEND, **info.example)
+    got = float(module(x, t))
+    assert got == pytest.approx(float(info.function(x, t, backend=BACKEND, **info.example)), abs=1e-14)
 
 
 def test_compound_components():

@@ -1,11 +1,57 @@
+"""Every loss of the registry exists in both forms, under its public name, and the two forms agree.
+
+The registry (``tests/conftest.py``) is checked against the package here: every public loss is in it, and the
+options it states for a loss are the function's keywords.
+"""
+
+import inspect
+
+import pytest
 import torch
+from conftest import LOSSES, PLUMBING, SHARED_OPTIONS, seeded
 
 import diceloss
+
+# public classes named *Loss that wrap another loss instead of being one
+WRAPPERS = {"DeepSupervisionLoss"}
 
 
 def test_public_names_import():
     for name in ("DiceLoss", "JaccardLoss", "TverskyLoss", "GeneralizedDiceLoss", "DiceCELoss", "DiceFocalLoss"):
         assert callable(getattr(diceloss, name))
+
+
+def test_registry_lists_every_public_loss():
+    functions = set(diceloss.functional.__all__)
+    assert {info.function.__name__ for info in LOSSES} == functions
+    classes = {name for name in diceloss.__all__ if name.endswith("Loss")} - WRAPPERS
+    assert {info.module.__name__ for info in LOSSES} == classes
+
+
+@pytest.mark.parametrize("info", LOSSES)
+def test_loss_is_public_under_its_name(info):
+    assert getattr(diceloss, info.module.__name__) is info.module
+    assert getattr(diceloss.functional, info.function.__name__) is info.function
+    assert issubclass(info.module, torch.nn.Module)
+
+
+@pytest.mark.parametrize("info", LOSSES)
+def test_registry_options_are_the_function_keywords(info):
+    keywords = set(inspect.signature(info.function).parameters) - {"input", "target", "mask"}
+    assert keywords == SHARED_OPTIONS | info.options | PLUMBING
+
+
+@pytest.mark.parametrize("info", LOSSES)
+@pytest.mark.parametrize("example", [False, True], ids=["defaults", "example"])
+def test_module_and_function_agree(info, example):
+    g = seeded(0)
+    x = torch.randn(2, 3, 4, 5, generator=g)
+    t = torch.randint(0, 3, (2, 4, 5), generator=g)
+    kw = info.example if example else {}
+    got = info.module(**kw)(x, t)
+    want = info.function(x, t, **kw)
+    assert got.shape == () and torch.isfinite(got)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_dice_loss_known_value():

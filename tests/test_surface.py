@@ -1,4 +1,4 @@
-"""diceloss.surface: hand-computed cases, the empty policy, MONAI agreement, the torch fallback, errors."""
+"""diceloss.metrics.surface: hand-computed cases, the empty policy, MONAI agreement, the torch fallback, errors."""
 
 import math
 import warnings
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from diceloss import metrics as dm
-from diceloss import surface
-from diceloss.surface import (
+from diceloss.metrics import surface
+from diceloss.metrics.surface import (
     average_surface_distance,
     empty_metrics,
     hausdorff_distance,

@@ -1,8 +1,9 @@
 """The ``triton`` backend against the ``reference`` backend.
 
 Without a GPU the kernels run on CPU tensors in Triton's interpreter: the ``interpreter`` fixture sets
-``TRITON_INTERPRET=1`` for one test only (monkeypatch), and the backend interprets the kernels and
-Triton's library functions while it launches them, so no other test file sees a change. Shapes are
+``TRITON_INTERPRET=1`` for one test only (monkeypatch) and installs the shim of
+``tests/_triton_interpreter.py``, which interprets the kernels and Triton's library functions while the
+backend launches them, so no other test file sees a change. Shapes are
 tiny (the interpreter runs the kernels in Python) and the tile sizes are shrunk so that a few
 positions already take several tiles, several programs and, with ``BLOCK_C_MAX`` lowered, several
 class chunks.
@@ -16,14 +17,15 @@ from __future__ import annotations
 import importlib.util
 import itertools
 
+import _triton_interpreter
 import pytest
 import torch
 
 import diceloss
 from diceloss import _layout, functional
 from diceloss.backends import select_backend
-from diceloss.backends import triton_kernels as tk
 from diceloss.stats import StatsRequest
+from diceloss.stats import triton as tk
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -42,7 +44,7 @@ def interpreter(monkeypatch):
     """TRITON_INTERPRET=1 for this test; small tiles so that tiny shapes use several tiles and programs."""
     import triton  # noqa: F401  (imported before the variable is set: the process keeps compiled Triton)
 
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _triton_interpreter.install(monkeypatch)
     monkeypatch.setattr(tk, "TILE_ELEMS", 32)
     monkeypatch.setattr(tk, "MIN_BLOCK_N", 4)
 
@@ -297,7 +299,7 @@ def test_opcheck(interpreter):
     x, t, _ = make_case("multiclass", 2, 3, (4,), torch.float32, seed=10)
     x = x.reshape(2, 3, 4).requires_grad_(True)
     mask = torch.tensor([[True, False, True, True], [True, True, True, False]])
-    args = (x, t.reshape(2, 4), mask, "softmax", True, 255, False, False, True, 0.1, 2.0)
+    args = (x, t.reshape(2, 4), mask, "multiclass", "softmax", 255, False, False, True, 0.1, 2.0)
     torch.library.opcheck(tk.triton_stats, args)
 
 
@@ -354,7 +356,8 @@ def test_kernels_compile_for_h100(monkeypatch):
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    from diceloss.kernels import triton_dice
+    from diceloss.stats.triton import kernels as triton_dice
+    from diceloss.stats.types import OpOptions
 
     if not isinstance(triton_dice.stats_kernel, JITFunction):
         pytest.skip("Triton was imported with TRITON_INTERPRET=1: its kernels are interpreted here")
@@ -363,7 +366,7 @@ def test_kernels_compile_for_h100(monkeypatch):
     mask = torch.ones(2, 4096, dtype=torch.uint8)
     for chunks in (False, True):
         monkeypatch.setattr(tk, "BLOCK_C_MAX", 8 if chunks else 256)
-        cfg = tk._Config(x, t, mask, "softmax", True, 255, False, False, True, 0.1, 2.0)
+        cfg = tk._Config(x, t, mask, OpOptions("multiclass", "softmax", 255, False, False, True, 0.1, 2.0))
         assert cfg.num_chunks == (2 if chunks else 1)
         pointers = {"x_ptr": "*fp32", "t_ptr": "*i64", "m_ptr": "*u8", "out_ptr": "*fp32", "co_ptr": "*fp32",
                     "dx_ptr": "*fp32"}
@@ -414,7 +417,7 @@ def test_import_does_not_load_triton():
     import sys
 
     code = (
-        "import sys, diceloss; from diceloss.backends import triton_kernels as tk; tk.status(); "
+        "import sys, diceloss; from diceloss.stats import triton as tk; tk.status(); "
         "assert 'triton' not in sys.modules, 'triton imported'; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

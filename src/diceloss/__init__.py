@@ -1,6 +1,6 @@
 """diceloss: Dice-family segmentation losses and overlap metrics for PyTorch."""
 
-from . import backends, functional, metrics
+from . import backends, functional, heads, metrics
 from ._checks import set_value_checks
 from .deep_supervision import DeepSupervisionLoss
 from .losses import DiceCELoss, DiceFocalLoss, DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
@@ -21,5 +21,6 @@ __all__ = [
     "set_value_checks",
     "backends",
     "functional",
+    "heads",
     "metrics",
 ]

@@ -302,20 +302,13 @@ def _check_values(logits, target, target_is_index, mode, from_logits, ignore_ind
     if target.numel() == 0:
         return
     if target_is_index:
-        # one pass, no temporaries, decides the common case; the masks below only run to name what is wrong
-        lo, hi = (int(v) for v in torch.aminmax(target))
-        if lo >= 0 and hi < num_classes:
-            return
-        bad = (target < 0) | (target >= num_classes)
-        if ignore_index is not None:
-            bad &= target != ignore_index
-        if bool(bad.any()):
-            values = torch.unique(target[bad])[:8].tolist()
-            extra = f" (ignore_index is {ignore_index})" if ignore_index is not None else ""
-            raise ValueError(
-                f"class indices must be in [0, {num_classes - 1}] for input with C = {num_classes}, got {values}"
-                f"{extra}; pass ignore_index for a label that marks positions to skip"
-            )
+        check_index_range(
+            target,
+            num_classes,
+            ignore_index=ignore_index,
+            context=f" for input with C = {num_classes}",
+            hint="; pass ignore_index for a label that marks positions to skip",
+        )
         return
     valid = None
     if ignore_index is not None and mode != "multiclass":
@@ -343,3 +336,45 @@ def _check_values(logits, target, target_is_index, mode, from_logits, ignore_ind
                 "a one-hot or soft target in multiclass mode must sum to 1 over the classes at every position, got "
                 f"sums in [{lo:.4g}, {hi:.4g}]{hint}"
             )
+
+
+def check_index_range(
+    index: Tensor,
+    num_classes: int,
+    *,
+    ignore_index: int | None = None,
+    valid: Tensor | None = None,
+    what: str = "class indices",
+    context: str = "",
+    hint: str = "",
+) -> None:
+    """Raise the ValueError for class indices of ``index`` outside [0, num_classes - 1].
+
+    Positions equal to ``ignore_index``, or where ``valid`` (a bool tensor of ``index``'s shape) is
+    False, are skipped. The message, shared by the losses, the metrics and the compat losses, reads
+    ``"{what} must be in [0, C - 1]{context}, got [up to 8 bad values]{ (ignore_index is i)}{hint}"``;
+    ``ignore_index`` is named only when it is passed. One min/max pass decides the common case; the
+    masks only run to name the bad values. The caller decides whether value checks run
+    (:func:`diceloss._checks.value_checks_enabled`).
+
+    Example:
+        >>> check_index_range(torch.tensor([0, 2, 255]), 3, ignore_index=255)
+        >>> check_index_range(torch.tensor([0, 3]), 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: class indices must be in [0, 2], got [3]
+    """
+    if index.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(index))
+    if lo >= 0 and hi < num_classes:
+        return
+    bad = (index < 0) | (index >= num_classes)
+    if ignore_index is not None:
+        bad &= index != ignore_index
+    if valid is not None:
+        bad &= valid
+    if bool(bad.any()):
+        values = torch.unique(index[bad])[:8].tolist()
+        extra = f" (ignore_index is {ignore_index})" if ignore_index is not None else ""
+        raise ValueError(f"{what} must be in [0, {num_classes - 1}]{context}, got {values}{extra}{hint}")

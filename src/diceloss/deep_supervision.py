@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import MODES, check_choice
+
 
 def _nearest(t: Tensor, size: Sequence[int]) -> Tensor:
     """Nearest-neighbour resize of the trailing ``len(size)`` dims of ``t``; any dtype (pure indexing).
@@ -50,17 +52,6 @@ def _area(t: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(t.to(dtype), size=tuple(size), mode="area")
 
 
-def _loss_option(loss: Callable, name: str):
-    value = getattr(loss, name, None)
-    if value is None:
-        value = (
-            getattr(loss, "options", {}).get(name)
-            if isinstance(getattr(loss, "options", None), dict)
-            else None
-        )
-    return value
-
-
 class DeepSupervisionLoss(nn.Module):
     r"""Weighted sum of ``loss`` over a list of outputs at decreasing resolutions::
 
@@ -86,6 +77,10 @@ class DeepSupervisionLoss(nn.Module):
         weights: one non-negative weight per output, normalised to sum to 1; default ``2^-i``
             normalised (nnU-Net's halving, without zeroing the last level). A zero weight skips its
             output (under DDP a skipped head has parameters without a gradient).
+        mode, ignore_index: how the inner loss reads its target, for a loss that does not declare
+            them: every diceloss loss has ``mode`` and ``ignore_index`` properties, and they are read
+            from it (a callable with such attributes is read the same way). Without a mode every axis
+            after the channel axis is spatial; ``mode="binary"`` also takes (B, *S) outputs.
 
     Attributes:
         components: the detached loss of each output of the last call, ``{"level0": ..., ...}``.
@@ -105,7 +100,14 @@ class DeepSupervisionLoss(nn.Module):
         1.0
     """
 
-    def __init__(self, loss: Callable, weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        loss: Callable,
+        weights: Sequence[float] | None = None,
+        *,
+        mode: str | None = None,
+        ignore_index: int | None = None,
+    ) -> None:
         super().__init__()
         if not callable(loss):
             raise TypeError(
@@ -118,7 +120,26 @@ class DeepSupervisionLoss(nn.Module):
                 raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
             weights = w
         self.weights = weights
+        if mode is not None:
+            check_choice("mode", mode, MODES)
+        declared_mode = getattr(loss, "mode", None)
+        declared_ignore = getattr(loss, "ignore_index", None)
+        for name, given, declared in (("mode", mode, declared_mode), ("ignore_index", ignore_index, declared_ignore)):
+            if given is not None and declared is not None and given != declared:
+                raise ValueError(f"{name}={given!r} was given, but the loss declares {name}={declared!r}")
+        self._mode = mode
+        self._ignore_index = ignore_index
         self.components: dict[str, Tensor] = {}
+
+    @property
+    def mode(self) -> str | None:
+        """The inner loss's mode: the one given, else the one it declares (read at each call: it may change)."""
+        return self._mode if self._mode is not None else getattr(self.loss, "mode", None)
+
+    @property
+    def ignore_index(self) -> int | None:
+        """The inner loss's ignore_index: the one given, else the one it declares."""
+        return self._ignore_index if self._ignore_index is not None else getattr(self.loss, "ignore_index", None)
 
     def weights_for(self, n: int) -> list[float]:
         """The normalised weights of ``n`` outputs."""
@@ -134,8 +155,7 @@ class DeepSupervisionLoss(nn.Module):
         return [v / total for v in w]
 
     def _spatial(self, out: Tensor, target: Tensor) -> tuple[int, ...]:
-        mode = _loss_option(self.loss, "mode")
-        if mode == "binary" and out.ndim == target.ndim and (out.ndim < 3 or out.shape[1] != 1):
+        if self.mode == "binary" and out.ndim == target.ndim and (out.ndim < 3 or out.shape[1] != 1):
             return tuple(out.shape[1:])  # binary (B, *S) outputs without a channel dimension
         return tuple(out.shape[2:])
 
@@ -148,9 +168,9 @@ class DeepSupervisionLoss(nn.Module):
         float_like = target.is_floating_point() or target.dtype == torch.bool
         no_channel = target.ndim == k + 1  # (B, *S)
         channels_match = target.ndim == output.ndim == k + 2 and target.shape[1] == output.shape[1]
-        binary = _loss_option(self.loss, "mode") == "binary"
+        binary = self.mode == "binary"
         dense = float_like and (channels_match or (binary and no_channel))
-        if dense and _loss_option(self.loss, "ignore_index") is None:
+        if dense and self.ignore_index is None:
             t = target.float() if target.dtype == torch.bool else target
             return _area(t[:, None], size)[:, 0] if no_channel else _area(t, size)
         return _nearest(target, size)

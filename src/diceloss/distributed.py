@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .stats import OverlapStats
+from .stats.types import OverlapStats
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -80,3 +80,13 @@ def all_reduce_stats(stats: OverlapStats, group=None) -> OverlapStats:
     summed = all_reduce_sum(stacked, group).unbind(dim=-1)
     it = iter(summed)
     return OverlapStats(*(None if f is None else next(it) for f in stats))
+
+
+def all_reduce_sum_(tensor: Tensor, group=None) -> Tensor:
+    """Sum ``tensor`` over the ranks of ``group`` in place, without autograd (accumulated metric state).
+
+    Returns ``tensor``; does nothing when torch.distributed is not initialised.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return tensor

@@ -1,5 +1,6 @@
-"""Read label maps from files: ``.npy`` / ``.npz`` (NumPy), ``.png`` / ``.tif`` / ``.tiff`` (Pillow),
-``.nii`` / ``.nii.gz`` (nibabel, with the voxel spacing from the header).
+"""Read label maps (and images) from files: ``.npy`` / ``.npz`` (NumPy), ``.png`` / ``.tif`` / ``.tiff``
+(Pillow), ``.nii`` / ``.nii.gz`` (nibabel, with the voxel spacing from the header); index a folder of them
+by case name.
 
 Pillow and nibabel are optional (``pip install 'diceloss[io]'``); a missing one gives an ImportError
 that names the package. NumPy files are read with ``allow_pickle=False``: an object array is refused,
@@ -10,6 +11,7 @@ one line naming the file.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +31,40 @@ class LabelImage:
     spacing: tuple[float, ...] | None = None
 
 
-def split_extension(name: str) -> tuple[str, str]:
-    """``("case_01", ".nii.gz")`` for ``"case_01.nii.gz"``; ``(name, "")`` for an unknown extension."""
+def split_extension(name: str, extensions: Sequence[str] = EXTENSIONS) -> tuple[str, str]:
+    """``("case_01", ".nii.gz")`` for ``"case_01.nii.gz"``; ``(name, "")`` for an extension not in
+    ``extensions`` (lower case, longest first where one ends another)."""
     lower = name.lower()
-    for ext in EXTENSIONS:
+    for ext in extensions:
         if lower.endswith(ext) and len(name) > len(ext):
             return name[: -len(ext)], ext
     return name, ""
+
+
+def index_folder(
+    folder: str | os.PathLike, extensions: Sequence[str] = EXTENSIONS
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The files of ``folder`` by case name: ``({name: path}, {name: [paths]})``, the second for the names
+    with more than one file (``case.npy`` beside ``case.nii.gz``). Files with an extension outside
+    ``extensions``, hidden files and sub-folders are left out; names and paths come in sorted order.
+
+    Example:
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> for f in ("a.npy", "b.nii.gz", "b.png", "notes.txt"):
+        ...     open(os.path.join(d, f), "w").close()
+        >>> files, several = index_folder(d)
+        >>> sorted(files), {k: [os.path.basename(p) for p in v] for k, v in several.items()}
+        (['a'], {'b': ['b.nii.gz', 'b.png']})
+    """
+    folder = os.fspath(folder)
+    found: dict[str, list[str]] = {}
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        stem, ext = split_extension(entry, extensions)
+        if ext and not entry.startswith(".") and os.path.isfile(path):
+            found.setdefault(stem, []).append(path)
+    return {k: v[0] for k, v in found.items() if len(v) == 1}, {k: v for k, v in found.items() if len(v) > 1}
 
 
 def _reason(err: BaseException) -> str:
@@ -103,14 +132,14 @@ def _read_npz(path: str, key: str | None) -> LabelImage:
     return LabelImage(arr, spacing)
 
 
-def _read_pillow(path: str, ext: str) -> LabelImage:
+def _read_pillow(path: str, ext: str, colour: bool) -> LabelImage:
     Image = _require("PIL.Image", "pillow", ext)
     try:
         with Image.open(path) as img:
             frames = []
             for i in range(getattr(img, "n_frames", 1)):
                 img.seek(i)
-                if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"):
+                if not colour and img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"):
                     raise ReadError(
                         f"{path}: a label map must have one channel (mode L, P, I, I;16 or F), "
                         f"got mode {img.mode}"
@@ -155,6 +184,23 @@ def read_label_map(path: str | os.PathLike, *, key: str | None = None) -> LabelI
         >>> img = read_label_map(f); img.array.shape, img.spacing
         ((3, 3), (0.5, 2.0))
     """
+    return _read(path, key, colour=False)
+
+
+def read_image(path: str | os.PathLike, *, key: str | None = None) -> LabelImage:
+    """Read an image (a network input) in ``path``: as :func:`read_label_map`, but colour and other
+    several-channel images are kept, channels last ((H, W, 3) for an RGB PNG).
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "x.npy"); np.save(f, np.zeros((2, 4, 4), np.float32))
+        >>> read_image(f).array.shape
+        (2, 4, 4)
+    """
+    return _read(path, key, colour=True)
+
+
+def _read(path: str | os.PathLike, key: str | None, *, colour: bool) -> LabelImage:
     path = os.fspath(path)
     _, ext = split_extension(os.path.basename(path))
     if not ext:
@@ -166,7 +212,7 @@ def read_label_map(path: str | os.PathLike, *, key: str | None = None) -> LabelI
     elif ext == ".npz":
         img = _read_npz(path, key)
     elif ext in (".png", ".tif", ".tiff"):
-        img = _read_pillow(path, ext)
+        img = _read_pillow(path, ext, colour)
     else:
         img = _read_nifti(path, ext)
     arr = img.array
@@ -177,4 +223,4 @@ def read_label_map(path: str | os.PathLike, *, key: str | None = None) -> LabelI
     return img
 
 
-__all__ = ["EXTENSIONS", "LabelImage", "ReadError", "read_label_map", "split_extension"]
+__all__ = ["EXTENSIONS", "LabelImage", "ReadError", "index_folder", "read_image", "read_label_map", "split_extension"]

@@ -1,18 +1,21 @@
-"""Dice-family losses as ``nn.Module`` classes: thin holders of options around :mod:`diceloss.functional`.
+"""Dice-family losses as ``nn.Module`` classes: an options object, a head and a weight buffer each.
 
 Options are checked in the constructor, so a wrong option fails where it is written, not at the
-first batch. ``forward(input, target, mask=None)``; shapes as in :mod:`diceloss.functional`.
+first batch; an option set later (``loss.batch_dice = True``) is checked again, the same way.
+``forward(input, target, mask=None)``; shapes as in :mod:`diceloss.functional`. Every module here
+calls the same pipeline as its function in :mod:`diceloss.functional`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from . import _checks, functional
-from .functional import _check_overlap_options, _check_tversky
+from ._checks import check_weight
+from ._pipeline import LossOptions, run
+from .heads import CompoundHead, DiceHead, GeneralizedDiceHead, Head, JaccardHead, TverskyHead
 
 _COMMON_DOC = """
     Args:
@@ -39,84 +42,104 @@ _COMMON_DOC = """
 """
 
 
-class _OverlapLoss(nn.Module):
-    """Options shared by the per-class losses."""
+class _Option:
+    """A module attribute that lives in the module's options object or head (``path``: "_options", "_head" or
+    "_head.dice"). Reading it reads that field; setting it makes a new options object or head with the
+    field replaced, which validates it again, and the module checks the pair before keeping it."""
+
+    def __init__(self, path: str = "_options") -> None:
+        self.path = path.split(".")
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        holder = obj
+        for part in self.path:
+            holder = getattr(holder, part)
+        return getattr(holder, self.name)
+
+    def __set__(self, obj, value) -> None:
+        root, *inner = self.path
+        chain = [getattr(obj, root)]
+        for part in inner:
+            chain.append(getattr(chain[-1], part))
+        new = dataclasses.replace(chain[-1], **{self.name: value})
+        for parent, part in zip(reversed(chain[:-1]), reversed(inner)):
+            new = dataclasses.replace(parent, **{part: new})
+        options, head = (new, obj._head) if root == "_options" else (obj._options, new)
+        head.check_reduction(options.reduction)
+        obj._options, obj._head = options, head
+
+
+class _StatLoss(nn.Module):
+    """A loss that is a head on the statistics: its options (one :class:`~diceloss._pipeline.LossOptions`), its
+    head and its class weights (a buffer, so it follows ``.to(device)``).
+
+    ``mode``, ``ignore_index`` and every other option are declared properties, so wrappers such as
+    :class:`~diceloss.DeepSupervisionLoss` read them the same way from every loss.
+    """
 
     weight: Tensor | None
 
-    def __init__(
-        self,
-        mode: str = "multiclass",
-        *,
-        from_logits: bool = True,
-        include_background: bool = True,
-        weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int | None = None,
-        batch_dice: bool = False,
-        smooth_nr: float = 1e-5,
-        smooth_dr: float = 1e-5,
-        absent: str = "include",
-        soft_label: bool = False,
-        reduction: str = "mean",
-        backend: str = "auto",
-        distributed: bool = False,
-        process_group=None,
-    ) -> None:
+    mode = _Option()
+    from_logits = _Option()
+    include_background = _Option()
+    ignore_index = _Option()
+    batch_dice = _Option()
+    soft_label = _Option()
+    reduction = _Option()
+    backend = _Option()
+    distributed = _Option()
+    process_group = _Option()
+
+    def __init__(self, options: LossOptions, head: Head, weight: Sequence[float] | Tensor | None = None) -> None:
         super().__init__()
-        _check_overlap_options(
-            mode,
-            reduction,
-            smooth_nr,
-            smooth_dr,
-            backend,
-            absent,
-            ignore_index,
-            distributed,
-            batch_dice,
-        )
-        self.mode = mode
-        self.from_logits = from_logits
-        self.include_background = include_background
-        self.register_buffer("weight", _checks.check_weight(weight))
-        self.ignore_index = ignore_index
-        self.batch_dice = batch_dice
-        self.smooth_nr = smooth_nr
-        self.smooth_dr = smooth_dr
-        self.absent = absent
-        self.soft_label = soft_label
-        self.reduction = reduction
-        self.backend = backend
-        self.distributed = distributed
-        self.process_group = process_group
+        head.check_reduction(options.reduction)
+        self._options = options
+        self._head = head
+        self.register_buffer("weight", check_weight(weight))
 
-    def _overlap_options(self) -> functional._Overlap:
-        # built per call: `weight` is a buffer and follows the module across devices
-        return functional._Overlap(
-            self.mode,
-            self.from_logits,
-            self.include_background,
-            self.weight,
-            self.ignore_index,
-            self.batch_dice,
-            self.backend,
-            self.distributed,
-            self.process_group,
-        )
+    @property
+    def options(self) -> LossOptions:
+        """The options object (immutable; set an attribute of the module to change one)."""
+        return self._options
 
-    def _head_options(self) -> dict:
-        return dict(
-            smooth_nr=self.smooth_nr,
-            smooth_dr=self.smooth_dr,
-            absent=self.absent,
-            soft_label=self.soft_label,
-            reduction=self.reduction,
-        )
+    @property
+    def head(self) -> Head:
+        """The head object (immutable; set an attribute of the module to change one)."""
+        return self._head
+
+    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        return run(input, target, mask, self.weight, self._options, self._head)[0]
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, reduction={self.reduction!r}, batch_dice={self.batch_dice}"
 
 
-class DiceLoss(_OverlapLoss):
+def _options(
+    mode: str,
+    *,
+    from_logits: bool = True,
+    include_background: bool = True,
+    ignore_index: int | None = None,
+    batch_dice: bool = False,
+    squared: bool = False,
+    soft_label: bool = False,
+    reduction: str = "mean",
+    backend: str = "auto",
+    distributed: bool = False,
+    process_group=None,
+) -> LossOptions:
+    return LossOptions(
+        mode, from_logits, include_background, ignore_index, batch_dice, squared, soft_label, reduction, backend,
+        distributed, process_group,
+    )
+
+
+class DiceLoss(_StatLoss):
     __doc__ = (
         r"""Dice loss, per class ``1 - D`` (``-log D`` with ``log=True``)::
 
@@ -142,20 +165,29 @@ class DiceLoss(_OverlapLoss):
     """
     )
 
-    def __init__(self, mode: str = "multiclass", *, squared: bool = False, log: bool = False, **kwargs) -> None:
-        super().__init__(mode, **kwargs)
-        self.squared = squared
-        self.log = log
+    squared = _Option()
+    log = _Option("_head")
+    smooth_nr = _Option("_head")
+    smooth_dr = _Option("_head")
+    absent = _Option("_head")
 
-    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        # the options were checked by the constructor: straight to the implementation (per-call cost)
-        return functional._dice_loss(
-            input, target, mask, self._overlap_options(), self.squared, self.log, self.smooth_nr, self.smooth_dr,
-            self.absent, self.soft_label, self.reduction,
-        )
+    def __init__(
+        self,
+        mode: str = "multiclass",
+        *,
+        squared: bool = False,
+        log: bool = False,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        absent: str = "include",
+        weight: Sequence[float] | Tensor | None = None,
+        **options,
+    ) -> None:
+        opts = _options(mode, squared=squared, **options)
+        super().__init__(opts, DiceHead(smooth_nr, smooth_dr, absent, log=log), weight)
 
 
-class JaccardLoss(_OverlapLoss):
+class JaccardLoss(_StatLoss):
     __doc__ = (
         r"""Jaccard (soft IoU) loss, per class ``1 - J``, ``J = (I + s_nr) / (P + G - I + s_dr)``.
     Range: [0, 1].
@@ -174,14 +206,24 @@ class JaccardLoss(_OverlapLoss):
     """
     )
 
-    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return functional._jaccard_loss(
-            input, target, mask, self._overlap_options(), self.smooth_nr, self.smooth_dr, self.absent,
-            self.soft_label, self.reduction,
-        )
+    smooth_nr = _Option("_head")
+    smooth_dr = _Option("_head")
+    absent = _Option("_head")
+
+    def __init__(
+        self,
+        mode: str = "multiclass",
+        *,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        absent: str = "include",
+        weight: Sequence[float] | Tensor | None = None,
+        **options,
+    ) -> None:
+        super().__init__(_options(mode, **options), JaccardHead(smooth_nr, smooth_dr, absent), weight)
 
 
-class TverskyLoss(_OverlapLoss):
+class TverskyLoss(_StatLoss):
     __doc__ = (
         r"""Tversky loss, per class ``(1 - T) ** exponent`` (focal Tversky for exponent != 1)::
 
@@ -204,6 +246,13 @@ class TverskyLoss(_OverlapLoss):
     """
     )
 
+    alpha = _Option("_head")
+    beta = _Option("_head")
+    exponent = _Option("_head")
+    smooth_nr = _Option("_head")
+    smooth_dr = _Option("_head")
+    absent = _Option("_head")
+
     def __init__(
         self,
         mode: str = "multiclass",
@@ -211,20 +260,17 @@ class TverskyLoss(_OverlapLoss):
         alpha: float = 0.5,
         beta: float = 0.5,
         exponent: float = 1.0,
-        **kwargs,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        absent: str = "include",
+        weight: Sequence[float] | Tensor | None = None,
+        **options,
     ) -> None:
-        super().__init__(mode, **kwargs)
-        _check_tversky(alpha, beta, exponent)
-        self.alpha, self.beta, self.exponent = alpha, beta, exponent
-
-    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return functional._tversky_loss(
-            input, target, mask, self._overlap_options(), self.alpha, self.beta, self.exponent, self.smooth_nr,
-            self.smooth_dr, self.absent, self.soft_label, self.reduction,
-        )
+        head = TverskyHead(smooth_nr, smooth_dr, absent, alpha=alpha, beta=beta, exponent=exponent)
+        super().__init__(_options(mode, **options), head, weight)
 
 
-class GeneralizedDiceLoss(nn.Module):
+class GeneralizedDiceLoss(_StatLoss):
     r"""Generalized Dice loss (Sudre et al., 2017), per group (sample, or the batch with ``batch_dice``)::
 
         1 - (2 sum_c w_c I_c + s_nr) / (sum_c w_c (P_c + G_c) + s_dr),   w_c = 1/G_c^2 | 1/G_c | 1
@@ -244,6 +290,10 @@ class GeneralizedDiceLoss(nn.Module):
         (2,)
     """
 
+    weighting = _Option("_head")
+    smooth_nr = _Option("_head")
+    smooth_dr = _Option("_head")
+
     def __init__(
         self,
         mode: str = "multiclass",
@@ -261,40 +311,42 @@ class GeneralizedDiceLoss(nn.Module):
         distributed: bool = False,
         process_group=None,
     ) -> None:
-        super().__init__()
-        _check_overlap_options(
-            mode, reduction, smooth_nr, smooth_dr, backend, "include", ignore_index, distributed, batch_dice
+        options = LossOptions(
+            mode, from_logits, include_background, ignore_index, batch_dice, False, soft_label, reduction, backend,
+            distributed, process_group,
         )
-        _checks.check_choice("weighting", weighting, _checks.WEIGHTINGS)
-        self.overlap = functional._Overlap(
-            mode, from_logits, include_background, None, ignore_index, batch_dice, backend, distributed, process_group
-        )
-        self.weighting = weighting
-        self.smooth_nr = smooth_nr
-        self.smooth_dr = smooth_dr
-        self.soft_label = soft_label
-        self.reduction = reduction
-
-    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return functional._generalized_dice_loss(
-            input, target, mask, self.overlap, self.weighting, self.smooth_nr, self.smooth_dr, self.soft_label,
-            self.reduction,
-        )
+        super().__init__(options, GeneralizedDiceHead(weighting, smooth_nr, smooth_dr))
 
 
-class _CompoundLoss(_OverlapLoss):
+class _CompoundLoss(_StatLoss):
     """A Dice loss plus a pixel-wise term; ``components`` holds the detached terms of the last call."""
 
-    def __init__(
-        self, name: str, mode: str, squared: bool, log: bool, reduction: str, lambdas: dict[str, float], **kwargs
-    ) -> None:
-        _checks.check_compound_reduction(reduction, name)
-        super().__init__(mode, reduction=reduction, **kwargs)
-        for key, value in lambdas.items():
-            _checks.check_nonnegative(key, value)
-        self.squared = squared
-        self.log = log
+    squared = _Option()
+    log = _Option("_head.dice")
+    smooth_nr = _Option("_head.dice")
+    smooth_dr = _Option("_head.dice")
+    absent = _Option("_head.dice")
+    lambda_dice = _Option("_head")
+
+    def __init__(self, head: CompoundHead, mode: str, squared: bool, reduction: str, weight, options: dict) -> None:
+        head.check_reduction(reduction)
+        super().__init__(_options(mode, squared=squared, reduction=reduction, **options), head, weight)
         self.components: dict[str, Tensor] = {}
+
+    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        total, self.components = run(input, target, mask, self.weight, self._options, self._head)
+        return total
+
+
+class _HeadAlias(_Option):
+    """A module attribute stored on the head under another name (``lambda_ce`` is the head's ``lambda_other``)."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__("_head")
+        self.field = field
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = self.field
 
 
 class DiceCELoss(_CompoundLoss):
@@ -324,38 +376,28 @@ class DiceCELoss(_CompoundLoss):
     """
     )
 
+    lambda_ce = _HeadAlias("lambda_other")
+    label_smoothing = _Option("_head")
+
     def __init__(
         self,
         mode: str = "multiclass",
         *,
         squared: bool = False,
         log: bool = False,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        absent: str = "include",
         reduction: str = "mean",
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         label_smoothing: float = 0.0,
-        **kwargs,
+        weight: Sequence[float] | Tensor | None = None,
+        **options,
     ) -> None:
-        lambdas = dict(lambda_dice=lambda_dice, lambda_ce=lambda_ce)
-        super().__init__("DiceCELoss", mode, squared, log, reduction, lambdas, **kwargs)
-        _checks.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
-        self.lambda_dice, self.lambda_ce, self.label_smoothing = lambda_dice, lambda_ce, label_smoothing
-
-    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        total, dice, ce = functional._dice_ce(
-            input,
-            target,
-            mask,
-            self._overlap_options(),
-            squared=self.squared,
-            log=self.log,
-            lambda_dice=self.lambda_dice,
-            lambda_ce=self.lambda_ce,
-            label_smoothing=self.label_smoothing,
-            **self._head_options(),
-        )
-        self.components = {"dice": dice, "ce": ce}
-        return total
+        dice = DiceHead(smooth_nr, smooth_dr, absent, log=log)
+        head = CompoundHead(dice, "ce", lambda_dice, lambda_ce, label_smoothing=label_smoothing)
+        super().__init__(head, mode, squared, reduction, weight, options)
 
 
 class DiceFocalLoss(_CompoundLoss):
@@ -382,41 +424,28 @@ class DiceFocalLoss(_CompoundLoss):
     """
     )
 
+    lambda_focal = _HeadAlias("lambda_other")
+    gamma = _Option("_head")
+
     def __init__(
         self,
         mode: str = "multiclass",
         *,
         squared: bool = False,
         log: bool = False,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        absent: str = "include",
         reduction: str = "mean",
         gamma: float = 2.0,
         lambda_dice: float = 1.0,
         lambda_focal: float = 1.0,
-        **kwargs,
+        weight: Sequence[float] | Tensor | None = None,
+        **options,
     ) -> None:
-        lambdas = dict(lambda_dice=lambda_dice, lambda_focal=lambda_focal)
-        super().__init__("DiceFocalLoss", mode, squared, log, reduction, lambdas, **kwargs)
-        _checks.check_nonnegative("gamma", gamma)
-        self.gamma, self.lambda_dice, self.lambda_focal = gamma, lambda_dice, lambda_focal
-
-    def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        total, dice, focal = functional._dice_focal(
-            input,
-            target,
-            mask,
-            self._overlap_options(),
-            squared=self.squared,
-            log=self.log,
-            gamma=self.gamma,
-            lambda_dice=self.lambda_dice,
-            lambda_focal=self.lambda_focal,
-            **self._head_options(),
-        )
-        self.components = {"dice": dice, "focal": focal}
-        return total
+        dice = DiceHead(smooth_nr, smooth_dr, absent, log=log)
+        head = CompoundHead(dice, "focal", lambda_dice, lambda_focal, gamma=gamma)
+        super().__init__(head, mode, squared, reduction, weight, options)
 
 
 __all__ = ["DiceLoss", "JaccardLoss", "TverskyLoss", "GeneralizedDiceLoss", "DiceCELoss", "DiceFocalLoss"]
-
-# torch is used in the doctest examples
-_ = torch

@@ -2,7 +2,7 @@
 
 PRED and GT are two files, or two folders whose files are matched by name without the extension
 (``case_01.nii.gz`` in one matches ``case_01.npy`` in the other). Every case gets the metrics of
-:mod:`diceloss.surface` per label; the terminal shows a summary per label (mean, std, median and the
+:mod:`diceloss.metrics.surface` per label; the terminal shows a summary per label (mean, std, median and the
 number of cases with a value); ``--csv`` / ``--json`` write every case. A case that cannot be read,
 whose shapes differ, or that has no prediction fails with a one-line reason, the others still run,
 and the exit code is 1 (0 when every case was scored; 2 for bad arguments).
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import io as dio
-from .. import surface
+from ..metrics import surface
 
 DESCRIPTION = """\
 Score predicted label maps against ground truth, per case and label: dice, iou, precision, recall,
@@ -113,17 +113,6 @@ class CaseResult:
     warning: str | None = None
 
 
-def _index_folder(folder: str) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """case name -> file, and the names with more than one file."""
-    found: dict[str, list[str]] = {}
-    for entry in sorted(os.listdir(folder)):
-        path = os.path.join(folder, entry)
-        stem, ext = dio.split_extension(entry)
-        if ext and not entry.startswith(".") and os.path.isfile(path):
-            found.setdefault(stem, []).append(path)
-    return {k: v[0] for k, v in found.items() if len(v) == 1}, {k: v for k, v in found.items() if len(v) > 1}
-
-
 def find_cases(pred: str, gt: str) -> tuple[list[Case], list[str], dict[str, str]]:
     """(cases, predictions without ground truth, case -> error known before reading)."""
     for name, path in (("PRED", pred), ("GT", gt)):
@@ -134,8 +123,8 @@ def find_cases(pred: str, gt: str) -> tuple[list[Case], list[str], dict[str, str
         return [Case(stem, pred, gt)], [], {}
     if not (os.path.isdir(pred) and os.path.isdir(gt)):
         raise UsageError(f"PRED and GT must be two files or two folders; got {pred!r} and {gt!r}")
-    preds, pred_dupes = _index_folder(pred)
-    gts, gt_dupes = _index_folder(gt)
+    preds, pred_dupes = dio.index_folder(pred)
+    gts, gt_dupes = dio.index_folder(gt)
     errors: dict[str, str] = {}
     for kind, dupes in (("prediction", pred_dupes), ("ground truth", gt_dupes)):
         for stem, paths in dupes.items():

@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import _checks, _heads
+from .. import _checks, heads
 from ..stats import OverlapStats, StatsRequest
-from . import check_float_input, check_tensor, dense, index_target, overlap_stats
+from ._common import check_float_input, check_tensor, dense, index_target, overlap_stats
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -226,7 +226,81 @@ def _batch_and_background(stats: Sequence[Tensor], batch: bool, include_backgrou
     return out
 
 
-class DiceLoss(nn.Module):
+class _MonaiLoss(nn.Module):
+    """What MONAI's five losses share: the activation and target arguments, checked and stored once, and
+    the layout they give; for the compound losses (Dice + CE / focal) the Dice term and the lambdas.
+
+    Subclasses pass their own arguments on; ``reductions`` are the reductions the class accepts.
+    """
+
+    def __init__(
+        self,
+        *,
+        include_background: bool,
+        to_onehot_y: bool,
+        sigmoid: bool,
+        softmax: bool,
+        other_act: Callable | None,
+        reduction: str,
+        smooth_nr: float,
+        smooth_dr: float,
+        batch: bool,
+        soft_label: bool = False,
+        ignore_index: int | None = None,
+        backend: str,
+        reductions: Sequence[str] = _REDUCTIONS,
+    ) -> None:
+        super().__init__()
+        _check_activation(sigmoid, softmax, other_act)
+        _checks.check_backend(backend)
+        self.reduction = _reduction_value(reduction, reductions)
+        self.include_background = include_background
+        self.to_onehot_y = to_onehot_y
+        self.sigmoid = sigmoid
+        self.softmax = softmax
+        self.other_act = other_act
+        self.smooth_nr, self.smooth_dr = _check_smoothing(smooth_nr, smooth_dr)
+        self.batch = batch
+        self.soft_label = soft_label
+        self.ignore_index = ignore_index
+        self.backend = backend
+
+    def _layout(self, input: Tensor, target: Tensor, ignore_index: int | None) -> _Layout:
+        return _layout(
+            input,
+            target,
+            sigmoid=self.sigmoid,
+            softmax=self.softmax,
+            other_act=self.other_act,
+            to_onehot_y=self.to_onehot_y,
+            ignore_index=ignore_index,
+        )
+
+    def _dice_term(self, lambda_dice: float, other: str, lambda_other: float, **dice_options) -> None:
+        """For the compound losses: ``self.dice`` (a :class:`DiceLoss` with this loss's arguments and
+        ``dice_options``) and ``self.lambda_dice``; both lambdas checked as MONAI checks them (``other``
+        names the second one in the message)."""
+        self.dice = DiceLoss(
+            include_background=self.include_background,
+            to_onehot_y=self.to_onehot_y,
+            sigmoid=self.sigmoid,
+            softmax=self.softmax,
+            other_act=self.other_act,
+            reduction=self.reduction,
+            smooth_nr=self.smooth_nr,
+            smooth_dr=self.smooth_dr,
+            batch=self.batch,
+            backend=self.backend,
+            **dice_options,
+        )
+        if lambda_dice < 0.0:
+            raise ValueError("lambda_dice should be no less than 0.0.")
+        if lambda_other < 0.0:
+            raise ValueError(f"{other} should be no less than 0.0.")
+        self.lambda_dice = lambda_dice
+
+
+class DiceLoss(_MonaiLoss):
     r"""MONAI's ``DiceLoss`` (1.6), per (sample, class)::
 
         f = 1 - (2 I + smooth_nr) / (P + G + smooth_dr)                 (jaccard: 2 (P + G - I) + smooth_dr)
@@ -268,36 +342,25 @@ class DiceLoss(nn.Module):
         *,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        _check_activation(sigmoid, softmax, other_act)
-        _checks.check_backend(backend)
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
             raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
-        self.reduction = _reduction_value(reduction)
-        self.include_background = include_background
-        self.to_onehot_y = to_onehot_y
-        self.sigmoid = sigmoid
-        self.softmax = softmax
-        self.other_act = other_act
+        super().__init__(
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            reduction=reduction,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            batch=batch,
+            soft_label=soft_label,
+            ignore_index=ignore_index,
+            backend=backend,
+        )
         self.squared_pred = squared_pred
         self.jaccard = jaccard
-        self.smooth_nr, self.smooth_dr = _check_smoothing(smooth_nr, smooth_dr)
-        self.batch = batch
         self.register_buffer("class_weight", _class_weight(weight))
-        self.soft_label = soft_label
-        self.ignore_index = ignore_index
-        self.backend = backend
-
-    def _layout(self, input: Tensor, target: Tensor, ignore_index: int | None) -> _Layout:
-        return _layout(
-            input,
-            target,
-            sigmoid=self.sigmoid,
-            softmax=self.softmax,
-            other_act=self.other_act,
-            to_onehot_y=self.to_onehot_y,
-            ignore_index=ignore_index,
-        )
 
     def _request(self, **extra) -> StatsRequest:
         return StatsRequest(
@@ -338,7 +401,7 @@ class DiceLoss(nn.Module):
         return self._from_stats(input, layout.stats(self._request(), self.backend))
 
 
-class GeneralizedDiceLoss(nn.Module):
+class GeneralizedDiceLoss(_MonaiLoss):
     r"""MONAI's ``GeneralizedDiceLoss`` (1.6), per sample (or for the batch with ``batch=True``)::
 
         f = 1 - (2 sum_c w_c I_c + smooth_nr) / (sum_c w_c (P_c + G_c) + smooth_dr)
@@ -372,32 +435,25 @@ class GeneralizedDiceLoss(nn.Module):
         *,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        _check_activation(sigmoid, softmax, other_act)
-        _checks.check_backend(backend)
+        super().__init__(
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            reduction=reduction,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            batch=batch,
+            soft_label=soft_label,
+            backend=backend,
+        )
         w_type = getattr(w_type, "value", w_type)
         _checks.check_choice("w_type", w_type, ("square", "simple", "uniform"))
-        self.reduction = _reduction_value(reduction)
-        self.include_background = include_background
-        self.to_onehot_y = to_onehot_y
-        self.sigmoid = sigmoid
-        self.softmax = softmax
-        self.other_act = other_act
         self.w_type = w_type
-        self.smooth_nr, self.smooth_dr = _check_smoothing(smooth_nr, smooth_dr)
-        self.batch = batch
-        self.soft_label = soft_label
-        self.backend = backend
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        layout = _layout(
-            input,
-            target,
-            sigmoid=self.sigmoid,
-            softmax=self.softmax,
-            other_act=self.other_act,
-            to_onehot_y=self.to_onehot_y,
-        )
+        layout = self._layout(input, target, None)
         stats = layout.stats(StatsRequest(soft_label=self.soft_label), self.backend)
         I, P, G = _batch_and_background(stats[:3], self.batch, self.include_background)
         ground = G.detach().float()
@@ -421,7 +477,7 @@ class GeneralizedDiceLoss(nn.Module):
         return f.view([f.shape[0], 1] + _spatial_ones(input))[0 if self.batch else slice(None)]
 
 
-class TverskyLoss(nn.Module):
+class TverskyLoss(_MonaiLoss):
     r"""MONAI's ``TverskyLoss`` (1.6), per (sample, class)::
 
         f = 1 - (I + smooth_nr) / (I + alpha FP + beta FN + smooth_dr),   FP = P - I,  FN = G - I
@@ -455,33 +511,25 @@ class TverskyLoss(nn.Module):
         *,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        _check_activation(sigmoid, softmax, other_act)
-        _checks.check_backend(backend)
-        self.reduction = _reduction_value(reduction)
-        self.include_background = include_background
-        self.to_onehot_y = to_onehot_y
-        self.sigmoid = sigmoid
-        self.softmax = softmax
-        self.other_act = other_act
+        super().__init__(
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            reduction=reduction,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            batch=batch,
+            soft_label=soft_label,
+            ignore_index=ignore_index,
+            backend=backend,
+        )
         self.alpha = alpha
         self.beta = beta
-        self.smooth_nr, self.smooth_dr = _check_smoothing(smooth_nr, smooth_dr)
-        self.batch = batch
-        self.soft_label = soft_label
-        self.ignore_index = ignore_index
-        self.backend = backend
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        layout = _layout(
-            input,
-            target,
-            sigmoid=self.sigmoid,
-            softmax=self.softmax,
-            other_act=self.other_act,
-            to_onehot_y=self.to_onehot_y,
-            ignore_index=self.ignore_index,
-        )
+        layout = self._layout(input, target, self.ignore_index)
         stats = layout.stats(StatsRequest(soft_label=self.soft_label), self.backend)
         I, P, G = _batch_and_background(stats[:3], self.batch, self.include_background)
         fp = (P - I) * self.alpha
@@ -512,7 +560,7 @@ def _check_compound_shapes(input: Tensor, target: Tensor) -> None:
         )
 
 
-class DiceCELoss(nn.Module):
+class DiceCELoss(_MonaiLoss):
     r"""MONAI's ``DiceCELoss`` (1.6): ``lambda_dice * DiceLoss + lambda_ce * CE``.
 
     The Dice term is :class:`DiceLoss` with the same arguments (``weight[1:]`` without background). CE is
@@ -548,46 +596,43 @@ class DiceCELoss(nn.Module):
         *,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        reduction = _reduction_value(reduction, ("mean", "sum"))
+        super().__init__(
+            include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            reduction=reduction,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            batch=batch,
+            backend=backend,
+            reductions=("mean", "sum"),
+        )
         if weight is not None:
             weight = torch.as_tensor(weight)
             if weight.ndim != 1:
                 raise ValueError(
                     f"weight must be 1-D with one entry per class, got shape {tuple(weight.shape)}"
                 )
-        self.dice = DiceLoss(
-            include_background=include_background,
-            to_onehot_y=to_onehot_y,
-            sigmoid=sigmoid,
-            softmax=softmax,
-            other_act=other_act,
+        self._dice_term(
+            lambda_dice,
+            "lambda_ce",
+            lambda_ce,
             squared_pred=squared_pred,
             jaccard=jaccard,
-            reduction=reduction,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-            batch=batch,
             weight=None if weight is None else (weight if include_background else weight[1:]),
-            backend=backend,
         )
-        if lambda_dice < 0.0:
-            raise ValueError("lambda_dice should be no less than 0.0.")
-        if lambda_ce < 0.0:
-            raise ValueError("lambda_ce should be no less than 0.0.")
         _checks.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
         self.register_buffer("weight", weight)
-        self.reduction = reduction
-        self.lambda_dice = lambda_dice
         self.lambda_ce = lambda_ce
         self.label_smoothing = float(label_smoothing)
-        self.backend = backend
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         _check_compound_shapes(input, target)
         d = self.dice
         C = input.shape[1]
-        layout = d._layout(input, target, None)
+        layout = self._layout(input, target, None)
         softmax_ce = C > 1 and layout.activation == "softmax"
         sigmoid_bce = C == 1 and layout.activation == "sigmoid" and self.weight is None
         shared = softmax_ce or sigmoid_bce
@@ -609,7 +654,7 @@ class DiceCELoss(nn.Module):
                 stats = ce_layout.stats(
                     StatsRequest(cross_entropy=True, label_smoothing=self.label_smoothing), self.backend
                 )
-            ce = _heads.cross_entropy_term(
+            ce = heads.cross_entropy_term(
                 stats.cross_entropy,
                 stats.target_volume,
                 stats.count,
@@ -619,7 +664,7 @@ class DiceCELoss(nn.Module):
                 reduction=self.reduction,
             )
         elif sigmoid_bce:
-            ce = _heads.cross_entropy_term(
+            ce = heads.cross_entropy_term(
                 stats.cross_entropy,
                 stats.target_volume,
                 stats.count,
@@ -633,7 +678,7 @@ class DiceCELoss(nn.Module):
                 input, target, sigmoid=True, softmax=False, other_act=None, to_onehot_y=False
             )
             stats = bce_layout.stats(StatsRequest(cross_entropy=True), self.backend)
-            ce = _heads.cross_entropy_term(
+            ce = heads.cross_entropy_term(
                 stats.cross_entropy,
                 stats.target_volume,
                 stats.count,
@@ -669,7 +714,7 @@ def _sigmoid_focal(x: Tensor, g: Tensor, gamma: float, alpha) -> Tensor:
     return loss
 
 
-class DiceFocalLoss(nn.Module):
+class DiceFocalLoss(_MonaiLoss):
     r"""MONAI's ``DiceFocalLoss`` (1.6): ``lambda_dice * DiceLoss + lambda_focal * FocalLoss``.
 
     The focal term is MONAI's *sigmoid* focal loss on the raw input (also with ``softmax=True``)::
@@ -709,34 +754,25 @@ class DiceFocalLoss(nn.Module):
         *,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        self.dice = DiceLoss(
+        super().__init__(
             include_background=include_background,
             to_onehot_y=to_onehot_y,
             sigmoid=sigmoid,
             softmax=softmax,
             other_act=other_act,
-            squared_pred=squared_pred,
-            jaccard=jaccard,
             reduction=reduction,
             smooth_nr=smooth_nr,
             smooth_dr=smooth_dr,
             batch=batch,
-            weight=weight,
             backend=backend,
         )
-        if lambda_dice < 0.0:
-            raise ValueError("lambda_dice should be no less than 0.0.")
-        if lambda_focal < 0.0:
-            raise ValueError("lambda_focal should be no less than 0.0.")
+        self._dice_term(
+            lambda_dice, "lambda_focal", lambda_focal, squared_pred=squared_pred, jaccard=jaccard, weight=weight
+        )
         _checks.check_nonnegative("gamma", gamma)
-        self.reduction = self.dice.reduction
-        self.include_background = include_background
+        self.lambda_focal = lambda_focal
         self.gamma = float(gamma)
         self.alpha = alpha
-        self.lambda_dice = lambda_dice
-        self.lambda_focal = lambda_focal
-        self.backend = backend
 
     def _focal_weight(self, num_classes: int) -> Tensor | None:
         w = self.dice.class_weight
@@ -756,7 +792,7 @@ class DiceFocalLoss(nn.Module):
         _check_compound_shapes(input, target)
         d = self.dice
         B, C = input.shape[:2]
-        layout = d._layout(input, target, None)
+        layout = self._layout(input, target, None)
         shared = layout.activation == "sigmoid" and not layout.is_index
         direct = self.alpha is not None or self.reduction == "none"
         request = d._request(focal_gamma=self.gamma) if shared and not direct else d._request()

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .. import _checks
 from ..stats import StatsRequest
-from . import check_float_input, check_tensor, dense, index_target, overlap_stats
+from ._common import check_float_input, check_tensor, dense, index_target, overlap_stats
 
 MODES = ("binary", "multiclass", "multilabel")
 

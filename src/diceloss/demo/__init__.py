@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..stats import cpu
 from .data import SegmentationSet, load_folder, make_synthetic
 from .model import UNet
 from .report import check_tiny, format_table, save_figure, tiny_class, write_json
@@ -48,15 +49,10 @@ def build_data(cfg: DemoConfig, multiple: int) -> SegmentationSet:
 def _skip_first_build(log) -> bool:
     """Keep the fused backend off its C++ kernel when that is not compiled yet (it would take a minute or two
     of a demo that lasts two); its pure-PyTorch path gives the same numbers up to rounding. True if it did."""
-    try:
-        from ..backends import _cpu_kernel
-
-        if _cpu_kernel.enabled() and not any(_cpu_kernel.build_dir().glob("*.so")):
-            _cpu_kernel.set_enabled(False)
-            log("note: the fused backend's C++ kernel is not compiled yet; the demo uses its PyTorch path")
-            return True
-    except Exception:  # the kernel module changed or is absent: nothing to skip
-        pass
+    if cpu.enabled() and not cpu.is_built():
+        cpu.set_enabled(False)
+        log("note: the fused backend's C++ kernel is not compiled yet; the demo uses its PyTorch path")
+        return True
     return False
 
 
@@ -160,9 +156,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     finally:
         torch.set_num_threads(threads_before)
         if skipped_build:
-            from ..backends import _cpu_kernel
-
-            _cpu_kernel.set_enabled(True)
+            cpu.set_enabled(True)
         if world.initialised_here:
             # every rank reaches the teardown together: a rank that closes its gloo connections while the
             # other is still writing its results can make the other's gloo threads abort the process at exit

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import io as dio
+
 CLASS_NAMES = ("background", "organ", "vessel", "lesion")
 SUFFIXES = (".png", ".npy", ".npz", ".nii.gz", ".nii")
 
@@ -221,38 +223,18 @@ def make_synthetic(
 # a folder of image / label pairs
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def _read_array(path: Path, role: str) -> np.ndarray:
-    name = path.name.lower()
-    if name.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    if name.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if role in keys:
-                return z[role]
-            if len(keys) == 1:
-                return z[keys[0]]
-            raise ValueError(f"{path}: an .npz file must hold one array or one named {role!r}, got {keys}")
-    if name.endswith(".png"):
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im)
-    if name.endswith(".nii") or name.endswith(".nii.gz"):
+    """An image (``role="image"``, several channels kept) or a label map, through :mod:`diceloss.io`."""
+    read = dio.read_image if role == "image" else dio.read_label_map
+    try:
         try:
-            import nibabel
-        except ImportError as err:
-            raise ValueError(f"{path}: reading NIfTI needs nibabel (pip install nibabel)") from err
-        return np.asarray(nibabel.load(str(path)).dataobj)
-    raise ValueError(f"{path}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
+            return read(path).array
+        except dio.ReadError:
+            if not path.name.lower().endswith(".npz"):
+                raise
+            return read(path, key=role).array  # an .npz of several arrays: the one named after its role
+    except ImportError as err:  # Pillow or nibabel missing: a ValueError, as every other bad folder
+        raise ValueError(f"{path}: {err}") from err
 
 
 def _index(folder: Path) -> dict[str, Path]:
@@ -260,14 +242,11 @@ def _index(folder: Path) -> dict[str, Path]:
         raise ValueError(
             f"expected a folder {folder} (layout: DIR/images/<name>.<ext>, DIR/labels/<name>.<ext>)"
         )
-    files = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and any(p.name.lower().endswith(s) for s in SUFFIXES):
-            stem = _stem(p)
-            if stem in files:
-                raise ValueError(f"two files named {stem!r} in {folder}: {files[stem].name} and {p.name}")
-            files[stem] = p
-    return files
+    files, several = dio.index_folder(folder, SUFFIXES)
+    if several:
+        stem, paths = next(iter(several.items()))
+        raise ValueError(f"two files named {stem!r} in {folder}: {Path(paths[0]).name} and {Path(paths[1]).name}")
+    return {stem: Path(path) for stem, path in files.items()}
 
 
 def _channels_first(image: np.ndarray, label_shape: tuple[int, ...], path: Path) -> np.ndarray:

@@ -7,8 +7,8 @@ binary and multilabel modes), then the counts per (sample, class) are
 
 over the valid positions; Dice = 2I / (P + G), IoU = I / (P + G - I). A class absent from both
 prediction and target has no defined value: ``empty`` sets it ("nan", skipped by the means; "one";
-"zero"). Class-index maps are counted with one ``bincount`` of (sample, target, prediction): no
-one-hot tensor.
+"zero"; the vocabulary is :data:`EMPTY_POLICIES`, the default here "nan", see :mod:`diceloss.metrics`).
+Class-index maps are counted with one ``bincount`` of (sample, target, prediction): no one-hot tensor.
 """
 
 from __future__ import annotations
@@ -18,9 +18,18 @@ import math
 import torch
 from torch import Tensor
 
-from . import _checks
+from .. import _checks, _layout, distributed
 
 EMPTY_POLICIES = ("nan", "one", "zero")
+"""The values a class absent from both prediction and target can take, for every metric of diceloss:
+"nan" (undefined; left out of the means), "one" (a perfect score), "zero"."""
+
+_FILL = {"nan": math.nan, "one": 1.0, "zero": 0.0}
+
+
+def empty_fill(empty: str) -> float:
+    """The number a score takes under the empty-class policy ``empty`` (one of :data:`EMPTY_POLICIES`)."""
+    return _FILL[empty]
 
 
 def _labels_multiclass(input: Tensor, target: Tensor, num_classes: int | None):
@@ -90,12 +99,9 @@ def hard_counts(
         B = pred.shape[0]
         valid = torch.ones_like(tgt, dtype=torch.bool) if ignore_index is None else tgt != ignore_index
         if _checks.value_checks_enabled(input.device):
-            for name, lab, ok in (("prediction", pred, torch.ones_like(valid)), ("target", tgt, valid)):
-                bad = ((lab < 0) | (lab >= C)) & ok
-                if bool(bad.any()):
-                    raise ValueError(
-                        f"{name} class indices must be in [0, {C - 1}], got {torch.unique(lab[bad])[:8].tolist()}"
-                    )
+            _layout.check_index_range(pred, C, what="prediction class indices")
+            _layout.check_index_range(tgt, C, valid=None if ignore_index is None else valid,
+                                      what="target class indices")
         b = torch.arange(B, device=pred.device)[:, None].expand_as(pred)
         flat = ((b * C + tgt.clamp(0, C - 1)) * C + pred.clamp(0, C - 1))[valid]
         conf = torch.bincount(flat, minlength=B * C * C).reshape(B, C, C)  # [b, target, prediction]
@@ -124,8 +130,7 @@ def hard_counts(
 
 def _score(num: Tensor, den: Tensor, empty: str) -> Tensor:
     num, den = num.double(), den.double()
-    fill = {"nan": math.nan, "one": 1.0, "zero": 0.0}[empty]
-    return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, fill))
+    return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, empty_fill(empty)))
 
 
 def _finish(score: Tensor, include_background: bool, mode: str, reduction: str) -> Tensor:
@@ -293,7 +298,7 @@ class DiceMetric:
         _checks.check_choice("reduction", reduction, ("none", "mean"))
         import torch.distributed as dist
 
-        distributed = dist.is_available() and dist.is_initialized()
+        in_group = dist.is_available() and dist.is_initialized()
         state = self._state
         if state is None:
             # A rank that saw no batch must still join the all-reduce, with zeros, or the others hang.
@@ -304,12 +309,11 @@ class DiceMetric:
                 )
             classes = 1 if self.mode == "binary" else self.num_classes
             device = torch.device("cpu")
-            if distributed and dist.get_backend(self.process_group) == "nccl":
+            if in_group and dist.get_backend(self.process_group) == "nccl":
                 device = torch.device("cuda", torch.cuda.current_device())
             state = torch.zeros(4, classes, dtype=torch.float64, device=device)
-        if distributed:
-            state = state.clone()
-            dist.all_reduce(state, group=self.process_group)
+        if in_group:
+            state = distributed.all_reduce_sum_(state.clone(), self.process_group)
         if self.aggregation == "sample":
             score = _score(state[0], state[1], "nan")
         else:
@@ -321,14 +325,4 @@ class DiceMetric:
         )
 
 
-__all__ = ["dice_score", "iou_score", "hard_counts", "DiceMetric"]
-
-# surface-distance and per-label case metrics (diceloss.surface), re-exported here
-from .surface import (  # noqa: E402
-    average_surface_distance,
-    hausdorff_distance,
-    segmentation_metrics,
-    surface_dice,
-)
-
-__all__ += ["hausdorff_distance", "average_surface_distance", "surface_dice", "segmentation_metrics"]
+__all__ = ["EMPTY_POLICIES", "dice_score", "iou_score", "hard_counts", "DiceMetric"]

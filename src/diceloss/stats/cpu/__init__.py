@@ -1,9 +1,9 @@
 """The compiled CPU kernel of the fused backend: built once, lazily, with ``torch.utils.cpp_extension``.
 
-The C++ source (``diceloss/csrc/fused_stats.cpp``) is compiled on first use with the machine's C++
-compiler (``-O3 -march=native -fopenmp``, vectorised with ``at::vec`` and parallel with
+The C++ source (``fused_stats.cpp`` beside this file, its vector maths in ``vec_math.h``) is compiled on
+first use with the machine's C++ compiler (``-O3 -march=native -fopenmp``, vectorised with ``at::vec`` and parallel with
 ``at::parallel_for``) and cached, so later processes load it in milliseconds. The cache directory is
-``$DICELOSS_BUILD_DIR`` if set, else ``~/.cache/diceloss/<key>``, the key hashing the source, the torch
+``$DICELOSS_BUILD_DIR`` if set, else ``~/.cache/diceloss/<key>``, the key hashing the sources, the torch
 version and the CPU flags. Concurrent builds (pytest-xdist workers) are serialised by the lock file that
 ``cpp_extension`` keeps in the build directory.
 
@@ -12,15 +12,18 @@ Gradients of 32 MiB and more are advised to transparent huge pages before the ke
 ``DICELOSS_NO_HUGEPAGES=1`` turns that off.
 
 ``DICELOSS_NO_CPP=1`` turns the kernel off (the fused backend then runs its pure-PyTorch chunked
-path); :func:`set_enabled` does the same at run time. :func:`status` says which path runs and why.
+path); :func:`set_enabled` does the same at run time. :func:`status` says which path runs and why, and
+:func:`is_built` whether a compiled kernel is already in the cache (loading it then takes milliseconds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,12 +31,20 @@ from types import ModuleType
 
 import torch
 
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "fused_stats.cpp"
+from ..._checks import env_flag
+from ..types import ACT_SIGMOID, ACT_SOFTMAX, NUM_STATS
+
+_HERE = Path(__file__).resolve().parent
+_SOURCE = _HERE / "fused_stats.cpp"
+_HEADERS = (_HERE / "vec_math.h",)
+# the statistic columns and activation codes of diceloss.stats.types, for the C++ source
+_DEFINES = (f"-DDICELOSS_NUM_STATS={NUM_STATS}", f"-DDICELOSS_ACT_SOFTMAX={ACT_SOFTMAX}",
+            f"-DDICELOSS_ACT_SIGMOID={ACT_SIGMOID}")
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _error: str | None = None
 _tried = False
-_enabled = os.environ.get("DICELOSS_NO_CPP", "").strip().lower() not in ("1", "true", "yes", "on")
+_enabled = not env_flag("DICELOSS_NO_CPP")
 build_seconds: float | None = None  # wall time of this process's build (None: loaded from cache or not built)
 
 
@@ -50,7 +61,9 @@ def _cpu_flags() -> str:
 
 def _key() -> str:
     h = hashlib.sha256()
-    h.update(_SOURCE.read_bytes())
+    for path in (_SOURCE, *_HEADERS):
+        h.update(path.read_bytes())
+    h.update(" ".join(_DEFINES).encode())
     h.update(torch.__version__.encode())
     h.update(platform.python_version().encode())
     h.update(_cpu_flags().encode())
@@ -74,24 +87,43 @@ def enabled() -> bool:
     return _enabled
 
 
+def is_built() -> bool:
+    """Whether the native kernel is compiled and cached for this source, torch and CPU (no build runs)."""
+    return any(build_dir().glob("*.so"))
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """cpp_extension.load needs ninja; the pip package puts it next to the interpreter, which may not be on
+    PATH: add that directory for the build only."""
+    if shutil.which("ninja") is not None:
+        yield
+        return
+    previous = os.environ.get("PATH")
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + (previous or "")
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = previous
+
+
 def _build(variant: str = "", arch_flags: tuple[str, ...] = ("-march=native",)) -> ModuleType:
     from torch.utils import cpp_extension
 
-    if shutil.which("ninja") is None:
-        # cpp_extension.load needs ninja; the pip package puts it next to the interpreter
-        import sys
-
-        bindir = str(Path(sys.executable).parent)
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     directory = build_dir() / variant if variant else build_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
-        name="diceloss_fused_cpu_" + _key() + (f"_{variant}" if variant else ""),
-        sources=[str(_SOURCE)],
-        extra_cflags=["-O3", *arch_flags, "-fopenmp", "-ffp-contract=off"],
-        build_directory=str(directory),
-        verbose=os.environ.get("DICELOSS_BUILD_VERBOSE", "") == "1",
-    )
+    with _ninja_on_path():
+        return cpp_extension.load(
+            name="diceloss_fused_cpu_" + _key() + (f"_{variant}" if variant else ""),
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", *arch_flags, "-fopenmp", "-ffp-contract=off", *_DEFINES],
+            extra_include_paths=[str(_HERE)],
+            build_directory=str(directory),
+            verbose=bool(env_flag("DICELOSS_BUILD_VERBOSE")),
+        )
 
 
 def load() -> ModuleType | None:
@@ -105,9 +137,9 @@ def load() -> ModuleType | None:
         if not _tried:
             start = time.perf_counter()
             try:
-                existed = any(build_dir().glob("*.so"))
+                existed = is_built()
                 _module = _build()
-                if os.environ.get("DICELOSS_NO_HUGEPAGES", "").strip().lower() in ("1", "true", "yes", "on"):
+                if env_flag("DICELOSS_NO_HUGEPAGES"):
                     _module.set_huge_pages(False)
                 if not existed:
                     build_seconds = time.perf_counter() - start

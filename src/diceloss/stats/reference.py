@@ -14,10 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._layout import Prepared
-from ..stats import OverlapStats, StatsRequest, compute_dtype
-
-# log(p) of probabilities is clamped here, as torch.nn.functional.binary_cross_entropy does.
-LOG_CLAMP = -100.0
+from .types import LOG_CLAMP, OverlapStats, StatsRequest, compute_dtype
 
 
 def supports(prep: Prepared, request: StatsRequest) -> str | None:
@@ -74,7 +71,8 @@ def dense_target(prep: Prepared, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return g, m.to(dtype)
 
 
-def compute(prep: Prepared, request: StatsRequest) -> OverlapStats:
+def compute(prep: Prepared, request: StatsRequest, plan: object = None) -> OverlapStats:
+    """The statistics by plain autograd (``plan``: unused, the dispatch protocol's argument)."""
     dtype = compute_dtype(prep.logits.dtype)
     x = prep.logits.to(dtype)
     B, C, N = x.shape

@@ -23,7 +23,8 @@ These are the definitions of MONAI 1.6 ``compute_hausdorff_distance(percentile=.
 percentile, then the larger), ``compute_average_surface_distance(symmetric=True)`` and
 ``compute_surface_dice`` (``use_subvoxels=False``); the tests check the numbers against MONAI.
 
-Empty masks (a documented, configurable policy):
+Empty masks (a documented, configurable policy; ``empty`` takes the values of
+:data:`diceloss.metrics.EMPTY_POLICIES`, and its default here is "one": see :mod:`diceloss.metrics`):
 
 * both empty (label absent from prediction and reference): Dice, IoU, precision, recall and NSD take
   ``empty`` ("one" -> 1, the default; "zero" -> 0; "nan" -> NaN); avd and rvd are 0 (NaN under
@@ -51,20 +52,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_choice
+from .overlap import EMPTY_POLICIES, empty_fill
+
 METRICS = ("dice", "iou", "precision", "recall", "avd", "rvd", "hd", "hd95", "assd", "nsd")
 DEFAULT_METRICS = ("dice", "iou", "precision", "recall", "avd", "rvd", "hd95", "assd", "nsd")
 DISTANCE_METRICS = ("hd", "hd95", "assd", "nsd")
-EMPTY_POLICIES = ("one", "nan", "zero")
 EMPTY_DISTANCES = ("inf", "nan", "diagonal")
 BACKENDS = ("auto", "scipy", "torch")
 
 _SCORES = ("dice", "iou", "precision", "recall", "nsd")  # take the `empty` fill when both are empty
 _MAX_DIRECT_LABEL = 1 << 16  # labels up to this are counted with bincount / find_objects
-
-
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
 
 
 def _as_label_array(x: object, name: str) -> np.ndarray:
@@ -178,7 +176,7 @@ def _edt_torch_impl(sites: np.ndarray, spacing: tuple[float, ...], device: str) 
 
 
 def _resolve_backend(backend: str) -> str:
-    _check_choice("backend", backend, BACKENDS)
+    check_choice("backend", backend, BACKENDS)
     if backend == "torch":
         return "torch"
     try:
@@ -369,10 +367,6 @@ def label_surfaces(
     return results
 
 
-def _fill(empty: str) -> float:
-    return {"one": 1.0, "zero": 0.0, "nan": math.nan}[empty]
-
-
 def _metric(
     name: str,
     r: LabelSurface,
@@ -387,7 +381,7 @@ def _metric(
     I, P, G = r.intersection, r.pred, r.target
     if P == 0 and G == 0:
         if name in _SCORES:
-            return _fill(empty)
+            return empty_fill(empty)
         if name in ("avd", "rvd"):
             return math.nan if empty == "nan" else 0.0
         return math.nan
@@ -427,8 +421,8 @@ def _metric(
 
 
 def _check_policies(empty: str, empty_distance: str) -> None:
-    _check_choice("empty", empty, EMPTY_POLICIES)
-    _check_choice("empty_distance", empty_distance, EMPTY_DISTANCES)
+    check_choice("empty", empty, EMPTY_POLICIES)
+    check_choice("empty_distance", empty_distance, EMPTY_DISTANCES)
 
 
 def _check_tolerance(tolerance: object) -> float:
@@ -489,7 +483,7 @@ def segmentation_metrics(
     if not metrics:
         raise ValueError("metrics must name at least one metric, got none")
     for m in metrics:
-        _check_choice("metric", m, METRICS)
+        check_choice("metric", m, METRICS)
     _check_policies(empty, empty_distance)
     tol = _check_tolerance(tolerance)
     need = any(m in DISTANCE_METRICS for m in metrics)
@@ -504,7 +498,7 @@ def segmentation_metrics(
 
 def empty_metrics(metrics: Sequence[str] = DEFAULT_METRICS, *, empty: str = "one") -> dict[str, float]:
     """The values a label absent from both prediction and reference gets under ``empty``."""
-    _check_choice("empty", empty, EMPTY_POLICIES)
+    check_choice("empty", empty, EMPTY_POLICIES)
     r = LabelSurface(0, 0, 0, 0, np.zeros(0), np.zeros(0))
     return {m: _metric(m, r, voxel_volume=1.0, diagonal=0.0, tolerance=0.0, percentile=None, empty=empty,
                        empty_distance="nan") for m in metrics}

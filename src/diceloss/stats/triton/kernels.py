@@ -1,4 +1,4 @@
-"""Triton kernels of the Dice-family statistics and of their backward (see DESIGN.md, "The fused backward").
+"""Triton kernels of the Dice-family statistics and of their backward (launched by :mod:`diceloss.stats.triton`).
 
 Layout: logits ``x`` (B, C, N) with any strides; the target either class indices (B, N) or
 probabilities (B, C, N); an optional position mask (B, N) as uint8. A program works on a tile of
@@ -14,11 +14,12 @@ in registers, in the accumulation dtype ``ACC`` (float32, or float64 for float64
     k = 4: E = cross-entropy (softmax) or binary cross-entropy (sigmoid) with smoothed targets
     k = 5: F = focal term
 
-then stores them to ``partials[b, c, program, k]`` (B, C, programs, 6). The caller sums the programs
+then stores them to ``partials[b, c, program, k]`` (B, C, programs, NUM_STATS), k the column of
+``STAT_COLUMNS`` (:mod:`diceloss.stats.types`). The caller sums the programs
 in a fixed order, so the statistics repeat bit for bit (no atomics).
 
 Backward (``grad_kernel``): grid (tiles over N, B). It recomputes p from the logits and writes
-dL/dx from the (B, C, 6) upstream gradient of the statistics ``co`` in one pass::
+dL/dx from the (B, C, NUM_STATS) upstream gradient of the statistics ``co`` in one pass::
 
     u = dL/dp = m * (co_I * dI/dp + co_P * dP/dp)
     softmax:  w_c = p_c * u_c + (CE and focal terms, already multiplied by p_c)
@@ -26,38 +27,33 @@ dL/dx from the (B, C, 6) upstream gradient of the statistics ``co`` in one pass:
     sigmoid:  dL/dx = u * p * (1 - p) + (BCE and focal terms, differentiated in x directly)
     none:     dL/dx = u + (CE and focal terms, differentiated in p)
 
-The kernels are decorated by ``_jit``: ``triton.jit`` normally; Triton's ``InterpretedFunction``
-when the backend loads a second copy of this module with ``_INTERPRET = True`` to run CPU tensors
-(tests under ``TRITON_INTERPRET=1``). That copy has its own globals, so the helpers it calls are
-interpreted too, whatever the state of the environment when Triton was first imported.
+The kernels are plain ``triton.jit`` functions. The constants they share with Python (statistic
+columns, activation codes, the log clamp) come from :mod:`diceloss.stats.types` as ``tl.constexpr``
+globals (Triton reads only constexpr globals inside kernels).
 """
 
 import triton
 import triton.language as tl
 
-# Set to True in the module's namespace, before the module's code runs, by the loader of the interpreted copy.
-_INTERPRET = globals().get("_INTERPRET", False)
+from .. import types
 
-ACT_SOFTMAX = 0
-ACT_SIGMOID = 1
-ACT_NONE = 2
-NUM_STATS = 6
-LOG_CLAMP = -100.0  # as torch.nn.functional.binary_cross_entropy and the reference backend
-
-
-def _jit(fn):
-    if _INTERPRET:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(fn)
-    return triton.jit(fn)
+ACT_SOFTMAX = tl.constexpr(types.ACT_SOFTMAX)
+ACT_SIGMOID = tl.constexpr(types.ACT_SIGMOID)
+NUM_STATS = tl.constexpr(types.NUM_STATS)
+COL_I = tl.constexpr(types.COL_I)
+COL_P = tl.constexpr(types.COL_P)
+COL_G = tl.constexpr(types.COL_G)
+COL_M = tl.constexpr(types.COL_M)
+COL_E = tl.constexpr(types.COL_E)
+COL_F = tl.constexpr(types.COL_F)
+LOG_CLAMP = tl.constexpr(types.LOG_CLAMP)  # as torch.nn.functional.binary_cross_entropy and the reference
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers (elementwise, tile-shaped)
 
 
-@_jit
+@triton.jit
 def _log1p(y):
     # log(1 + y) without losing small y: log(u) * y / (u - 1) with u = 1 + y rounded
     u = 1.0 + y
@@ -65,7 +61,7 @@ def _log1p(y):
     return tl.where(u == 1.0, y, tl.log(u) * (y / d))
 
 
-@_jit
+@triton.jit
 def _pow(base, e):
     # base ** e for base >= 0, e >= 0 with torch's values at 0: 0 ** 0 = 1, 0 ** e = 0
     pos = base > 0
@@ -73,7 +69,7 @@ def _pow(base, e):
     return tl.where(pos, r, tl.where(e == 0.0, 1.0, 0.0))
 
 
-@_jit
+@triton.jit
 def _pow_or_zero(base, e):
     # base ** e for base > 0, 0 at base <= 0 (e may be negative: the finite limit of the terms it multiplies)
     pos = base > 0
@@ -81,34 +77,34 @@ def _pow_or_zero(base, e):
     return tl.where(pos, r, 0.0)
 
 
-@_jit
+@triton.jit
 def _clog(p):
     # log(p) clamped at LOG_CLAMP (torch: log(p).clamp_min(-100)); no -inf, no warning at p = 0
     pos = p > 0
-    return tl.where(pos, tl.maximum(tl.log(tl.where(pos, p, 1.0)), -100.0), -100.0)
+    return tl.where(pos, tl.maximum(tl.log(tl.where(pos, p, 1.0)), LOG_CLAMP), LOG_CLAMP)
 
 
-@_jit
+@triton.jit
 def _dclog(p):
-    # derivative of _clog: 1/p where log(p) >= -100 (clamp_min passes the gradient there), else 0
+    # derivative of _clog: 1/p where log(p) >= LOG_CLAMP (clamp_min passes the gradient there), else 0
     pos = p > 0
     safe = tl.where(pos, p, 1.0)
-    return tl.where(pos & (tl.log(safe) >= -100.0), 1.0 / safe, 0.0)
+    return tl.where(pos & (tl.log(safe) >= LOG_CLAMP), 1.0 / safe, 0.0)
 
 
-@_jit
+@triton.jit
 def _scalar(hi, lo, ACC: tl.constexpr):
     # a float64 scalar passed as two float32 halves (Triton passes Python floats as float32)
     return tl.cast(hi, ACC) + tl.cast(lo, ACC)
 
 
-@_jit
+@triton.jit
 def _load_x(x_ptr, b64, cs, ns, c_ok, n_ok, sxb, sxc, sxn, ACC: tl.constexpr):
     ptrs = x_ptr + b64 * sxb + cs[:, None] * sxc + ns[None, :] * sxn
     return tl.load(ptrs, mask=c_ok[:, None] & n_ok[None, :], other=0.0).to(ACC)
 
 
-@_jit
+@triton.jit
 def _softmax_tile(x, c_ok):
     # softmax over the classes (axis 0) of one tile holding all classes: one exp per element
     xm = tl.where(c_ok[:, None], x, float("-inf"))
@@ -120,7 +116,7 @@ def _softmax_tile(x, c_ok):
     return p, logp
 
 
-@_jit
+@triton.jit
 def _row_lse(x_ptr, b64, ns, n_ok, C, sxb, sxc, sxn,
              ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, NUM_CHUNKS: tl.constexpr):
     # online log-sum-exp over all classes, chunk by chunk (Milakov & Gimelshein)
@@ -137,13 +133,13 @@ def _row_lse(x_ptr, b64, ns, n_ok, C, sxb, sxc, sxn,
     return run_m + tl.log(run_s)
 
 
-@_jit
+@triton.jit
 def _probs(x, c_ok, lse, ACT: tl.constexpr):
     # p and, for the softmax, log p; padded classes get p = 0 and log p = 0 (they are masked out)
-    if ACT == 0:
+    if ACT == ACT_SOFTMAX:
         logp = tl.where(c_ok[:, None], x - lse[None, :], 0.0)
         p = tl.where(c_ok[:, None], tl.exp(logp), 0.0)
-    elif ACT == 1:
+    elif ACT == ACT_SIGMOID:
         e = tl.exp(-tl.abs(x))
         inv = 1.0 / (1.0 + e)
         p = tl.where(x >= 0, inv, e * inv)
@@ -154,7 +150,7 @@ def _probs(x, c_ok, lse, ACT: tl.constexpr):
     return p, logp
 
 
-@_jit
+@triton.jit
 def _positions(t_ptr, m_ptr, b64, ns, n_ok, stb, stn, smb, smn, ignore_index,
                INDEX: tl.constexpr, HAS_MASK: tl.constexpr, HAS_IGNORE: tl.constexpr):
     # validity per position (bounds, mask, ignored class index) and the class indices (or a dummy)
@@ -171,7 +167,7 @@ def _positions(t_ptr, m_ptr, b64, ns, n_ok, stb, stn, smb, smn, ignore_index,
     return valid, t
 
 
-@_jit
+@triton.jit
 def _target(t_ptr, b64, cs, ns, c_ok, valid, t, stb, stc, stn, ignore_index,
             ACC: tl.constexpr, INDEX: tl.constexpr, HAS_IGNORE: tl.constexpr):
     # the target probabilities g of a tile and the element mask (position valid, class real, not ignored)
@@ -194,7 +190,7 @@ def _target(t_ptr, b64, cs, ns, c_ok, valid, t, stb, stc, stn, ignore_index,
 # forward: statistics
 
 
-@_jit
+@triton.jit
 def stats_kernel(
     x_ptr, t_ptr, m_ptr, out_ptr,
     C, N, tiles_per_prog,
@@ -233,11 +229,11 @@ def stats_kernel(
             ns = ns.to(tl.int64)
         valid, t = _positions(t_ptr, m_ptr, b64, ns, n_ok, stb, stn, smb, smn, ignore_index,
                               INDEX, HAS_MASK, HAS_IGNORE)
-        if ACT == 0 and NUM_CHUNKS == 1:
+        if ACT == ACT_SOFTMAX and NUM_CHUNKS == 1:
             x = _load_x(x_ptr, b64, cs, ns, c_ok, n_ok, sxb, sxc, sxn, ACC)
             p, logp = _softmax_tile(x, c_ok)
         else:
-            if ACT == 0:
+            if ACT == ACT_SOFTMAX:
                 lse = _row_lse(x_ptr, b64, ns, n_ok, C, sxb, sxc, sxn, ACC, BLOCK_C, BLOCK_N, NUM_CHUNKS)
             else:
                 lse = tl.zeros([BLOCK_N], ACC)
@@ -262,7 +258,7 @@ def stats_kernel(
         acc_m += tl.sum(tl.where(mel, 1.0, 0.0).to(ACC), axis=1)
 
         if MULTICLASS:
-            if ACT == 0:
+            if ACT == ACT_SOFTMAX:
                 nl = -logp
             else:
                 nl = -_clog(p)
@@ -271,7 +267,7 @@ def stats_kernel(
             if FOCAL:
                 acc_f += tl.sum(tl.where(mel, g * _pow(1.0 - p, gamma) * nl, 0.0), axis=1)
         else:
-            if ACT == 1:
+            if ACT == ACT_SIGMOID:
                 sp = _log1p(tl.exp(-tl.abs(x)))  # log(1 + exp(-|x|))
                 if CE:
                     gs = g * keep + share
@@ -291,27 +287,27 @@ def stats_kernel(
                     fl = -(g * _pow(1.0 - p, gamma) * _clog(p) + (1.0 - g) * _pow(p, gamma) * _clog(1.0 - p))
                     acc_f += tl.sum(tl.where(mel, fl, 0.0), axis=1)
 
-    base = ((b64 * C + cs) * nprog + pid) * 6
-    tl.store(out_ptr + base + 0, acc_i, mask=c_ok)
-    tl.store(out_ptr + base + 1, acc_p, mask=c_ok)
-    tl.store(out_ptr + base + 2, acc_g, mask=c_ok)
-    tl.store(out_ptr + base + 3, acc_m, mask=c_ok)
-    tl.store(out_ptr + base + 4, acc_e, mask=c_ok)
-    tl.store(out_ptr + base + 5, acc_f, mask=c_ok)
+    base = ((b64 * C + cs) * nprog + pid) * NUM_STATS
+    tl.store(out_ptr + base + COL_I, acc_i, mask=c_ok)
+    tl.store(out_ptr + base + COL_P, acc_p, mask=c_ok)
+    tl.store(out_ptr + base + COL_G, acc_g, mask=c_ok)
+    tl.store(out_ptr + base + COL_M, acc_m, mask=c_ok)
+    tl.store(out_ptr + base + COL_E, acc_e, mask=c_ok)
+    tl.store(out_ptr + base + COL_F, acc_f, mask=c_ok)
 
 
 # ----------------------------------------------------------------------------------------------
 # backward: dL/dx
 
 
-@_jit
+@triton.jit
 def _chunk_grad(x, p, logp, g, mel, co_ptr, b64, cs, c_ok, C, keep, share, gamma,
                 ACC: tl.constexpr, ACT: tl.constexpr, MULTICLASS: tl.constexpr, SQUARED: tl.constexpr,
                 INTER_MIN: tl.constexpr, CE: tl.constexpr, FOCAL: tl.constexpr):
     # softmax: w with dL/dx = w - p * sum_c w; otherwise dL/dx itself (masked)
-    co = co_ptr + (b64 * C + cs) * 6
-    a_i = tl.load(co + 0, mask=c_ok, other=0.0).to(ACC)[:, None]
-    a_p = tl.load(co + 1, mask=c_ok, other=0.0).to(ACC)[:, None]
+    co = co_ptr + (b64 * C + cs) * NUM_STATS
+    a_i = tl.load(co + COL_I, mask=c_ok, other=0.0).to(ACC)[:, None]
+    a_p = tl.load(co + COL_P, mask=c_ok, other=0.0).to(ACC)[:, None]
     if INTER_MIN:
         # d min(p, g)/dp: 1 below g, 1/2 at a tie (as torch.minimum), 0 above
         d_i = tl.where(p < g, 1.0, tl.where(p == g, 0.5, 0.0))
@@ -322,11 +318,11 @@ def _chunk_grad(x, p, logp, g, mel, co_ptr, b64, cs, c_ok, C, keep, share, gamma
     else:
         u = a_i * d_i + a_p
     if CE:
-        a_e = tl.load(co + 4, mask=c_ok, other=0.0).to(ACC)[:, None]
+        a_e = tl.load(co + COL_E, mask=c_ok, other=0.0).to(ACC)[:, None]
     if FOCAL:
-        a_f = tl.load(co + 5, mask=c_ok, other=0.0).to(ACC)[:, None]
+        a_f = tl.load(co + COL_F, mask=c_ok, other=0.0).to(ACC)[:, None]
 
-    if ACT == 0:
+    if ACT == ACT_SOFTMAX:
         w = p * u
         if CE:
             w += -a_e * (g * keep + share)
@@ -337,7 +333,7 @@ def _chunk_grad(x, p, logp, g, mel, co_ptr, b64, cs, c_ok, C, keep, share, gamma
             t1 = gamma * _pow_or_zero(omp, gamma - 1.0) * p * logp
             w += a_f * g * (t1 - _pow(omp, gamma))
         out = tl.where(mel, w, 0.0)
-    elif ACT == 1:
+    elif ACT == ACT_SIGMOID:
         omp = 1.0 - p
         d = u * p * omp
         if CE:
@@ -375,7 +371,7 @@ def _chunk_grad(x, p, logp, g, mel, co_ptr, b64, cs, c_ok, C, keep, share, gamma
     return out
 
 
-@_jit
+@triton.jit
 def grad_kernel(
     x_ptr, t_ptr, m_ptr, co_ptr, dx_ptr,
     C, N,
@@ -406,7 +402,7 @@ def grad_kernel(
         if IDX64:
             cs = cs.to(tl.int64)
         x = _load_x(x_ptr, b64, cs, ns, c_ok, n_ok, sxb, sxc, sxn, ACC)
-        if ACT == 0:
+        if ACT == ACT_SOFTMAX:
             p, logp = _softmax_tile(x, c_ok)
         else:
             p, logp = _probs(x, c_ok, tl.zeros([BLOCK_N], ACC), ACT)
@@ -414,13 +410,13 @@ def grad_kernel(
                          ACC, INDEX, HAS_IGNORE)
         out = _chunk_grad(x, p, logp, g, mel, co_ptr, b64, cs, c_ok, C, keep, share, gamma,
                           ACC, ACT, MULTICLASS, SQUARED, INTER_MIN, CE, FOCAL)
-        if ACT == 0:
+        if ACT == ACT_SOFTMAX:
             out = out - p * tl.sum(out, axis=0)[None, :]
         ptrs = dx_ptr + b64 * sdb + cs[:, None] * sdc + ns[None, :] * sdn
         tl.store(ptrs, out, mask=c_ok[:, None] & n_ok[None, :])
     else:
         # classes in chunks: log-sum-exp, then sum_c w_c, then the gradient (softmax); one pass otherwise
-        if ACT == 0:
+        if ACT == ACT_SOFTMAX:
             lse = _row_lse(x_ptr, b64, ns, n_ok, C, sxb, sxc, sxn, ACC, BLOCK_C, BLOCK_N, NUM_CHUNKS)
             wsum = tl.zeros([BLOCK_N], ACC)
             for k in range(NUM_CHUNKS):
@@ -449,7 +445,7 @@ def grad_kernel(
                              ACC, INDEX, HAS_IGNORE)
             out = _chunk_grad(x, p, logp, g, mel, co_ptr, b64, cs, c_ok, C, keep, share, gamma,
                               ACC, ACT, MULTICLASS, SQUARED, INTER_MIN, CE, FOCAL)
-            if ACT == 0:
+            if ACT == ACT_SOFTMAX:
                 out = out - p * wsum[None, :]
             ptrs = dx_ptr + b64 * sdb + cs[:, None] * sdc + ns[None, :] * sdn
             tl.store(ptrs, out, mask=c_ok[:, None] & n_ok[None, :])

@@ -1,0 +1,58 @@
+"""Metrics of hard segmentations: overlap per (sample, class) and per-case surface distances.
+
+Two families, one vocabulary:
+
+* :mod:`diceloss.metrics.overlap`: :func:`dice_score`, :func:`iou_score`, :func:`hard_counts` and the
+  accumulating :class:`DiceMetric`, on batches of tensors (B, ...) as a training loop holds them.
+* :mod:`diceloss.metrics.surface`: :func:`segmentation_metrics`, :func:`hausdorff_distance`,
+  :func:`average_surface_distance`, :func:`surface_dice`, on one case (a label map per file) as an
+  evaluation holds it, NumPy or torch.
+
+**Empty classes.** A class (label) absent from both the prediction and the reference has no defined
+overlap score. Every metric that scores one takes ``empty``, one of :data:`EMPTY_POLICIES`: "nan"
+(undefined, left out of the NaN-ignoring means), "one" (a perfect score: nothing to find, nothing
+found) or "zero". The rule is the same everywhere; the defaults differ by family, on purpose:
+
+* ``dice_score`` / ``iou_score`` (and ``DiceMetric``, always): ``empty="nan"``. They score every class
+  of every sample, including the classes a batch does not contain; a default of 1 would pull the mean
+  towards 1 by how many classes are missing from a batch, not by how good the prediction is.
+* ``segmentation_metrics`` and the other per-case functions: ``empty="one"``. They score the labels
+  present in the prediction or the reference unless ``labels`` names others, so a both-empty label is
+  one asked for on purpose, and "one" is what evaluation tables (nnU-Net, MONAI's ``ignore_empty=False``)
+  report for it. Distances of a both-empty label are NaN under every policy (there is no surface).
+
+Example:
+    >>> import torch
+    >>> pred, gt = torch.tensor([[0, 1, 1, 2]]), torch.tensor([[0, 1, 2, 2]])
+    >>> dice_score(pred, gt, mode="multiclass", num_classes=4)          # class 3: in neither
+    tensor([[1.0000, 0.6667, 0.6667,    nan]], dtype=torch.float64)
+    >>> dice_score(pred, gt, mode="multiclass", num_classes=4, empty="one")
+    tensor([[1.0000, 0.6667, 0.6667, 1.0000]], dtype=torch.float64)
+    >>> m = segmentation_metrics(pred[0].numpy(), gt[0].numpy(), labels=[1, 3], metrics=("dice", "hd"))
+    >>> m[3]                                                            # both empty: "one"
+    {'dice': 1.0, 'hd': nan}
+    >>> round(m[1]["dice"], 4)
+    0.6667
+"""
+
+from __future__ import annotations
+
+from .overlap import EMPTY_POLICIES, DiceMetric, dice_score, hard_counts, iou_score
+from .surface import (
+    average_surface_distance,
+    hausdorff_distance,
+    segmentation_metrics,
+    surface_dice,
+)
+
+__all__ = [
+    "EMPTY_POLICIES",
+    "dice_score",
+    "iou_score",
+    "hard_counts",
+    "DiceMetric",
+    "hausdorff_distance",
+    "average_surface_distance",
+    "surface_dice",
+    "segmentation_metrics",
+]

@@ -1,0 +1,127 @@
+"""The loss modules as holders of one options object and one head: options declared as properties, checked
+again when set after construction, and a module equal to its function after any change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import LOSSES
+
+import diceloss
+from diceloss import functional as DF
+
+MODULES = [info.module for info in LOSSES]
+FUNCTION_OF = {info.module: info.function for info in LOSSES}
+
+# (attribute, bad value, error type, message fragment): each is also refused by the constructor
+BAD_SHARED = [
+    ("mode", "softmax", ValueError, "mode must be one of"),
+    ("reduction", "avg", ValueError, "reduction must be one of"),
+    ("backend", "cuda", ValueError, "backend must be one of"),
+    ("ignore_index", 1.5, TypeError, "ignore_index must be an int or None"),
+    ("smooth_nr", -1.0, ValueError, "smooth_nr must be finite"),
+    ("smooth_nr", 1.0, ValueError, "must not exceed smooth_dr"),
+    ("distributed", True, ValueError, "only batch Dice needs"),
+]
+BAD_OWN = {
+    diceloss.DiceLoss: [("absent", "skip", ValueError, "absent must be one of")],
+    diceloss.JaccardLoss: [("absent", "skip", ValueError, "absent must be one of")],
+    diceloss.TverskyLoss: [
+        ("alpha", -0.1, ValueError, "alpha must be finite"),
+        ("exponent", 0.0, ValueError, "exponent must be finite, > 0"),
+    ],
+    diceloss.GeneralizedDiceLoss: [("weighting", "log", ValueError, "weighting must be one of")],
+    diceloss.DiceCELoss: [
+        ("reduction", "none", ValueError, "adds terms of different shapes"),
+        ("label_smoothing", 1.5, ValueError, "label_smoothing must be finite"),
+        ("lambda_ce", -1.0, ValueError, "lambda_ce must be finite"),
+        ("absent", "skip", ValueError, "absent must be one of"),
+    ],
+    diceloss.DiceFocalLoss: [
+        ("reduction", "none", ValueError, "adds terms of different shapes"),
+        ("gamma", -2.0, ValueError, "gamma must be finite"),
+        ("lambda_focal", -1.0, ValueError, "lambda_focal must be finite"),
+    ],
+}
+# a registered loss without a row here fails loudly (KeyError) rather than going untested
+CASES = [(cls, *bad) for cls in MODULES for bad in BAD_SHARED + BAD_OWN[cls]]
+
+
+@pytest.mark.parametrize("cls,name,value,error,message", CASES, ids=lambda v: getattr(v, "__name__", repr(v)))
+def test_an_option_set_after_construction_is_checked_like_the_constructor(cls, name, value, error, message):
+    with pytest.raises(error, match=message):
+        cls(**{name: value})
+    loss = cls()
+    before = getattr(loss, name)
+    with pytest.raises(error, match=message):
+        setattr(loss, name, value)
+    assert getattr(loss, name) == before, "a refused value must leave the module as it was"
+
+
+def _problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 4, 6, 5, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 4, (3, 6, 5), generator=g)
+    return x, t
+
+
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"batch_dice": True},
+        {"include_background": False},
+        {"ignore_index": 2, "smooth_nr": 0.0, "smooth_dr": 1e-3},
+        {"from_logits": True, "soft_label": True, "backend": "reference"},
+    ],
+    ids=lambda d: ",".join(d),
+)
+def test_a_module_changed_after_construction_equals_one_built_with_the_change(cls, changes):
+    x, t = _problem()
+    changed = cls()
+    for name, value in changes.items():
+        setattr(changed, name, value)
+    built = cls(**changes)
+    want = FUNCTION_OF[cls](x, t, **changes)
+    torch.testing.assert_close(changed(x, t), want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(built(x, t), want, rtol=0, atol=1e-12)
+    for name, value in changes.items():
+        assert getattr(changed, name) == value
+
+
+def test_gdl_and_dice_change_batch_dice_the_same_way():
+    """A GDL whose batch_dice is changed behaves like a DiceLoss whose batch_dice is changed: the statistics are
+    summed over the batch before the head, which is one group then."""
+    x, t = _problem(1)
+    gdl, dice = diceloss.GeneralizedDiceLoss(reduction="none"), diceloss.DiceLoss(reduction="none")
+    assert gdl(x, t).shape == (3,) and dice(x, t).shape == (3, 4)
+    gdl.batch_dice = dice.batch_dice = True
+    assert gdl(x, t).shape == () and dice(x, t).shape == (4,)
+    torch.testing.assert_close(gdl(x, t), DF.generalized_dice_loss(x, t, batch_dice=True, reduction="none"))
+    torch.testing.assert_close(dice(x, t), DF.dice_loss(x, t, batch_dice=True, reduction="none"))
+
+
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_every_loss_declares_mode_and_ignore_index(cls):
+    loss = cls(mode="multilabel", ignore_index=255)
+    assert loss.mode == "multilabel" and loss.ignore_index == 255
+    for name in ("mode", "ignore_index", "batch_dice", "reduction", "backend", "from_logits"):
+        assert isinstance(getattr(type(loss), name), property) or hasattr(type(loss), name)
+
+
+def test_compound_lambdas_and_dice_options_read_and_write_through():
+    loss = diceloss.DiceCELoss(lambda_ce=0.5, log=True, smooth_dr=1e-3)
+    assert (loss.lambda_ce, loss.lambda_dice, loss.log, loss.smooth_dr) == (0.5, 1.0, True, 1e-3)
+    x, t = _problem(2)
+    loss.lambda_ce, loss.log = 2.0, False
+    torch.testing.assert_close(loss(x, t), DF.dice_ce_loss(x, t, lambda_ce=2.0, smooth_dr=1e-3))
+    assert sorted(loss.components) == ["ce", "dice"]
+
+
+def test_weight_stays_a_buffer_that_follows_the_module():
+    loss = diceloss.DiceLoss(weight=[1.0, 2.0, 0.5, 1.0])
+    assert "weight" in dict(loss.named_buffers())
+    loss = loss.double()
+    assert loss.weight.dtype == torch.float64
+    x, t = _problem(3)
+    torch.testing.assert_close(loss(x, t), DF.dice_loss(x, t, weight=[1.0, 2.0, 0.5, 1.0]))
