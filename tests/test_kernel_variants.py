@@ -13,17 +13,18 @@ import pytest
 import torch
 
 from diceloss.stats import cpu
+from diceloss.stats.types import OpOptions
 
 pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set variants")
 
-# activation, index_target, has_ignore, ignore_index, squared, cross_entropy, label_smoothing
+# (target: "index" | "soft" | "multilabel", the op's arguments after x, target, mask)
 CONFIGS = [
-    (0, True, True, -100, False, True, 0.1),
-    (0, True, True, -100, True, False, 0.0),
-    (0, True, False, 0, False, False, 0.0),
-    (0, False, False, 0, True, True, 0.2),
-    (1, False, False, 0, False, True, 0.05),
-    (1, False, True, 255, True, False, 0.0),
+    ("index", OpOptions("multiclass", "softmax", -100, False, False, True, 0.1, None)),
+    ("index", OpOptions("multiclass", "softmax", -100, True, False, False, 0.0, None)),
+    ("index", OpOptions("multiclass", "softmax", None, False, False, False, 0.0, None)),
+    ("soft", OpOptions("multiclass", "softmax", None, True, False, True, 0.2, None)),
+    ("soft", OpOptions("multilabel", "sigmoid", None, False, False, True, 0.05, None)),
+    ("multilabel", OpOptions("multilabel", "sigmoid", 255, True, False, False, 0.0, None)),
 ]
 
 
@@ -56,9 +57,9 @@ def _compare(native, other, variant, dtype):
         mask = torch.rand(B, N, generator=g) > 0.2
         coef = torch.randn(B, C, 6, generator=g, dtype=torch.float64).to(torch.float64 if dtype == torch.float64
                                                                        else torch.float32)
-        for args in CONFIGS:
-            activation, index_target, has_ignore = args[:3]
-            target = index if index_target else (multilabel if activation == 1 and has_ignore else soft)
+        targets = {"index": index, "soft": soft, "multilabel": multilabel}
+        for kind, args in CONFIGS:
+            target = targets[kind]
             for m in (None, mask):
                 a = other.stats_forward(x, target, m, *args)
                 b = native.stats_forward(x, target, m, *args)

@@ -34,7 +34,7 @@ from .._checks import is_compiling
 from .._layout import Prepared
 from . import chunked, cpu
 from .op import StatsImpl, eager_stats, register_stats_op
-from .types import ACTIVATIONS, OpOptions, OverlapStats, StatsRequest, compute_dtype, op_options
+from .types import OpOptions, OverlapStats, StatsRequest, compute_dtype, op_options
 
 DOUBLE_BACKWARD_MESSAGE = (
     "the fused diceloss backend does not support double backward (create_graph=True followed by a "
@@ -91,33 +91,16 @@ class _Kernel:
     def forward(self, x: Tensor, target: Tensor, mask: Tensor | None, o: OpOptions) -> Tensor:
         if _counts is not None:
             _count("kernel_calls")
-        index_target = not target.is_floating_point()
-        return self.module.stats_forward(x, _kernel_target(x, target, index_target), mask,
-                                         *_kernel_args(o, index_target))
+        return self.module.stats_forward(x, _kernel_target(x, target), mask, *o)
 
     def backward(self, coef: Tensor, x: Tensor, target: Tensor, mask: Tensor | None, o: OpOptions) -> Tensor:
-        index_target = not target.is_floating_point()
         coef = coef.to(compute_dtype(x.dtype))
-        return self.module.stats_backward(coef.contiguous(), x, _kernel_target(x, target, index_target), mask,
-                                          *_kernel_args(o, index_target))
+        return self.module.stats_backward(coef.contiguous(), x, _kernel_target(x, target), mask, *o)
 
 
-def _kernel_args(o: OpOptions, index_target: bool) -> tuple:
-    """The scalar arguments of the C++ ``stats_forward`` / ``stats_backward``, after (x, target, mask)."""
-    has_ignore = o.ignore_index is not None
-    return (
-        ACTIVATIONS[o.activation],
-        index_target,
-        has_ignore,
-        int(o.ignore_index) if has_ignore else 0,
-        o.squared,
-        o.cross_entropy,
-        float(o.label_smoothing),
-    )
-
-
-def _kernel_target(x: Tensor, target: Tensor, index_target: bool) -> Tensor:
-    if index_target or target.dtype == x.dtype:
+def _kernel_target(x: Tensor, target: Tensor) -> Tensor:
+    """The target as the kernel reads it: class indices as they are, a dense target in the logits' dtype."""
+    if not target.is_floating_point() or target.dtype == x.dtype:
         return target
     if _counts is not None:
         _count("target_casts")

@@ -675,11 +675,22 @@ void advise_huge_pages(void* ptr, size_t nbytes) {
 #endif
 }
 
-Options make_options(int64_t activation, bool index_target, bool has_ignore, int64_t ignore_index, bool squared,
-                     bool cross_entropy, double label_smoothing) {
-  TORCH_CHECK(activation == SOFTMAX || activation == SIGMOID, "diceloss kernel: activation must be 0 or 1");
-  TORCH_CHECK(!(activation == SIGMOID && index_target), "diceloss kernel: sigmoid needs dense targets");
-  return Options{activation, index_target, has_ignore, ignore_index, squared, cross_entropy, label_smoothing};
+// The op's argument list (diceloss.stats.types.OpOptions, after x, target, mask) as the kernel's options: the
+// Python side passes it as it is. Whether the target holds class indices follows from its dtype.
+Options make_options(const at::Tensor& target, const std::string& mode, const std::string& activation,
+                     c10::optional<int64_t> ignore_index, bool squared, bool soft_label, bool cross_entropy,
+                     double label_smoothing, c10::optional<double> focal_gamma) {
+  TORCH_CHECK(activation == "softmax" || activation == "sigmoid",
+              "diceloss kernel: activation must be 'softmax' or 'sigmoid', got '", activation, "'");
+  TORCH_CHECK(mode == "binary" || mode == "multiclass" || mode == "multilabel", "diceloss kernel: unknown mode '",
+              mode, "'");
+  TORCH_CHECK(!soft_label || squared, "diceloss kernel: soft_label without squared is not covered");
+  TORCH_CHECK(!focal_gamma.has_value(), "diceloss kernel: the focal term is not covered");
+  const bool index_target = !at::isFloatingType(target.scalar_type());
+  const int64_t act = activation == "softmax" ? SOFTMAX : SIGMOID;
+  TORCH_CHECK(!(act == SIGMOID && index_target), "diceloss kernel: sigmoid needs dense targets");
+  return Options{act, index_target, ignore_index.has_value(), ignore_index.value_or(0), squared, cross_entropy,
+                 label_smoothing};
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& target, const c10::optional<at::Tensor>& mask,
@@ -702,28 +713,30 @@ void check_inputs(const at::Tensor& x, const at::Tensor& target, const c10::opti
 }
 
 at::Tensor stats_forward(const at::Tensor& x, const at::Tensor& target, const c10::optional<at::Tensor>& mask_opt,
-                         int64_t activation, bool index_target, bool has_ignore, int64_t ignore_index, bool squared,
-                         bool cross_entropy, double label_smoothing) {
-  const Options o = make_options(activation, index_target, has_ignore, ignore_index, squared, cross_entropy,
-                                 label_smoothing);
+                         const std::string& mode, const std::string& activation, c10::optional<int64_t> ignore_index,
+                         bool squared, bool soft_label, bool cross_entropy, double label_smoothing,
+                         c10::optional<double> focal_gamma) {
+  const Options o = make_options(target, mode, activation, ignore_index, squared, soft_label, cross_entropy,
+                                 label_smoothing, focal_gamma);
   check_inputs(x, target, mask_opt, o);
   const at::Tensor mask = mask_opt.has_value() ? *mask_opt : at::Tensor();
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::zeros({x.size(0), x.size(1), NSTAT}, x.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "diceloss_stats_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (activation == SOFTMAX) softmax_forward<scalar_t, acc_t>(x, target, mask, o, out);
+    if (o.activation == SOFTMAX) softmax_forward<scalar_t, acc_t>(x, target, mask, o, out);
     else sigmoid_forward<scalar_t, acc_t>(x, target, mask, o, out);
   });
   return out;
 }
 
 at::Tensor stats_backward(const at::Tensor& coef, const at::Tensor& x, const at::Tensor& target,
-                          const c10::optional<at::Tensor>& mask_opt, int64_t activation, bool index_target,
-                          bool has_ignore, int64_t ignore_index, bool squared, bool cross_entropy,
-                          double label_smoothing) {
-  const Options o = make_options(activation, index_target, has_ignore, ignore_index, squared, cross_entropy,
-                                 label_smoothing);
+                          const c10::optional<at::Tensor>& mask_opt, const std::string& mode,
+                          const std::string& activation, c10::optional<int64_t> ignore_index, bool squared,
+                          bool soft_label, bool cross_entropy, double label_smoothing,
+                          c10::optional<double> focal_gamma) {
+  const Options o = make_options(target, mode, activation, ignore_index, squared, soft_label, cross_entropy,
+                                 label_smoothing, focal_gamma);
   check_inputs(x, target, mask_opt, o);
   const at::Tensor mask = mask_opt.has_value() ? *mask_opt : at::Tensor();
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -734,7 +747,7 @@ at::Tensor stats_backward(const at::Tensor& coef, const at::Tensor& x, const at:
   advise_huge_pages(grad.data_ptr(), grad.nbytes());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "diceloss_stats_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (activation == SOFTMAX) softmax_backward<scalar_t, acc_t>(k, x, target, mask, o, grad);
+    if (o.activation == SOFTMAX) softmax_backward<scalar_t, acc_t>(k, x, target, mask, o, grad);
     else sigmoid_backward<scalar_t, acc_t>(k, x, target, mask, o, grad);
   });
   return grad;
