@@ -19,6 +19,8 @@ for the call, so that choice is made once.
 
 from __future__ import annotations
 
+import inspect
+import types
 import typing
 from collections.abc import Callable
 
@@ -98,17 +100,22 @@ def eager_stats(impl: StatsImpl, x: Tensor, target: Tensor, mask: Tensor | None,
 # ----------------------------------------------------------------------------------------------
 # torch.library custom ops
 
-_SCHEMA_TYPES = {str: "str", bool: "bool", float: "float", int | None: "int?", float | None: "float?"}
-
-
-def _schema(head: str) -> str:
+def _with_signature(fn: Callable, tensors: tuple[tuple[str, object], ...]) -> Callable:
+    """``fn(*tensors, *options)`` given the typed signature ``(tensors..., OpOptions fields...) -> Tensor``, from
+    which ``torch.library.custom_op`` infers the op's schema (the ``schema=`` argument is newer than torch 2.4)."""
     hints = typing.get_type_hints(OpOptions)
-    options = ", ".join(f"{_SCHEMA_TYPES[hints[name]]} {name}" for name in OpOptions._fields)
-    return f"({head}, {options}) -> Tensor"
+    # typing.Optional, not ``X | None``: the schema inference of older torch looks annotations up by equality
+    hints = {name: typing.Optional[hint.__args__[0]] if isinstance(hint, types.UnionType) else hint  # noqa: UP045
+             for name, hint in hints.items()}
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(name, positional, annotation=hint) for name, hint in tensors]
+    params += [inspect.Parameter(name, positional, annotation=hints[name]) for name in OpOptions._fields]
+    fn.__signature__ = inspect.Signature(params, return_annotation=Tensor)
+    return fn
 
 
-_FORWARD_SCHEMA = _schema("Tensor x, Tensor target, Tensor? mask")
-_BACKWARD_SCHEMA = _schema("Tensor coef, Tensor x, Tensor target, Tensor? mask")
+_FORWARD_TENSORS = (("x", Tensor), ("target", Tensor), ("mask", typing.Optional[Tensor]))  # noqa: UP045
+_BACKWARD_TENSORS = (("coef", Tensor),) + _FORWARD_TENSORS
 
 
 def register_stats_op(name: str, impl: StatsImpl):
@@ -124,9 +131,11 @@ def register_stats_op(name: str, impl: StatsImpl):
     def backward_op(coef, x, target, mask, *options):
         return impl.backward(coef, x, target, mask, OpOptions(*options))
 
-    stats_op = torch.library.custom_op(f"diceloss::{name}", forward, mutates_args=(), schema=_FORWARD_SCHEMA)
+    stats_op = torch.library.custom_op(
+        f"diceloss::{name}", _with_signature(forward, _FORWARD_TENSORS), mutates_args=()
+    )
     backward_def = torch.library.custom_op(
-        f"diceloss::{name}_backward", backward_op, mutates_args=(), schema=_BACKWARD_SCHEMA
+        f"diceloss::{name}_backward", _with_signature(backward_op, _BACKWARD_TENSORS), mutates_args=()
     )
 
     @stats_op.register_fake
