@@ -18,10 +18,12 @@ traces. :func:`set_value_checks` turns them on or off everywhere; the environmen
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,9 +102,24 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
 
 
-def check_nonnegative(name: str, value: object, *, positive: bool = False, at_most: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _is_bool(value: object) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a bool; a bool or a NumPy bool only: configs read from YAML or argparse hand over strings
+    such as "False", which are truthy."""
+    if not _is_bool(value):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_nonnegative(name: str, value: object, *, positive: bool = False, at_most: float | None = None) -> float:
+    """``value`` as a float after checking it: any real number (NumPy scalars too), finite, >= 0 (> 0 with
+    ``positive``), at most ``at_most``."""
+    if _is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
     bad = not math.isfinite(value) or (value <= 0 if positive else value < 0)
     if at_most is not None and value > at_most:
         bad = True
@@ -110,6 +127,16 @@ def check_nonnegative(name: str, value: object, *, positive: bool = False, at_mo
         lo = "> 0" if positive else ">= 0"
         hi = f" and <= {at_most}" if at_most is not None else ""
         raise ValueError(f"{name} must be finite, {lo}{hi}; got {value}")
+    return value
+
+
+def check_ignore_index(value: object) -> int | None:
+    """``ignore_index`` as an int (NumPy integers too) or None."""
+    if value is None:
+        return None
+    if _is_bool(value) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int or None, got {value!r}")
+    return int(value)
 
 
 def check_smoothing(smooth_nr: float, smooth_dr: float) -> None:
@@ -142,31 +169,19 @@ def check_weight(weight: Sequence[float] | Tensor | None) -> Tensor | None:
     if value_checks_enabled(w.device):
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
             raise ValueError(f"weight must be finite and non-negative, got {w.tolist()}")
+        if not bool((w > 0).any()):
+            raise ValueError(f"weight must have a positive entry (all zero would make the loss 0), got {w.tolist()}")
+        # float32 is the accumulation dtype of every input but float64: check the weights as they will be used
+        w32 = w.to(torch.float32)
+        if not bool(torch.isfinite(w32).all()):
+            raise ValueError(f"weight must be finite in float32, got {w.tolist()}; only the ratios matter: scale down")
+        if bool(((w32 == 0) & (w > 0)).any()):
+            raise ValueError(f"weight entries become 0 in float32, got {w.tolist()}; only the ratios matter: scale up")
     return w
 
 
 def check_backend(backend: str) -> None:
     check_choice("backend", backend, BACKENDS)
-
-
-def check_loss_options(
-    *,
-    mode: str,
-    reduction: str,
-    smooth_nr: float,
-    smooth_dr: float,
-    backend: str,
-    absent: str = "include",
-    ignore_index: int | None = None,
-) -> None:
-    """The options every loss shares; raises at construction time."""
-    check_choice("mode", mode, MODES)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_choice("absent", absent, ABSENT_POLICIES)
-    check_smoothing(smooth_nr, smooth_dr)
-    check_backend(backend)
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
 
 
 def check_compound_reduction(reduction: str, loss_name: str) -> None:

@@ -18,6 +18,9 @@ from torch import Tensor
 
 from ._checks import MODES, check_choice, value_checks_enabled
 
+# the floating dtypes every backend reads (float8 and the like would fail inside a kernel)
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 class Prepared(NamedTuple):
     """Inputs in the canonical layout that every backend receives.
@@ -95,10 +98,18 @@ def prepare(
     if mask is not None:
         mask = _check_tensor("mask", mask)
     _check_devices(input=input, target=target, mask=mask, weight=weight)
+    for name, t in (("input", input), ("target", target), ("mask", mask)):
+        if t is not None and t.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}; call .to_dense() first")
     if not input.is_floating_point():
         raise TypeError(
             f"input must be a floating tensor of {'logits' if from_logits else 'probabilities'}, got dtype "
             f"{input.dtype}; for hard label maps use diceloss.metrics.dice_score"
+        )
+    if input.dtype not in INPUT_DTYPES:
+        raise TypeError(
+            f"input dtype {input.dtype} is not supported: pass float16, bfloat16, float32 or float64 "
+            "(for example input.float())"
         )
     if input.ndim < 2:
         raise ValueError(f"input must have a batch dimension and at least one more, got shape {tuple(input.shape)}")
@@ -131,7 +142,7 @@ def prepare(
                     "multiclass mode needs at least 2 classes (C >= 2) in input of shape (B, C, *spatial), got "
                     f"C = {num_classes}; for a single foreground channel use mode='binary'"
                 )
-            target_bcn, target_is_index = _multiclass_target(input, target)
+            target_bcn, target_is_index = _multiclass_target(input, target, ignore_index)
         else:
             if tuple(target.shape) != tuple(input.shape):
                 raise ValueError(
@@ -216,7 +227,7 @@ def _binary_layout(input: Tensor, target: Tensor):
     return input.reshape(B, 1, -1), target.reshape(B, 1, -1), spatial
 
 
-def _multiclass_target(input: Tensor, target: Tensor):
+def _multiclass_target(input: Tensor, target: Tensor, ignore_index: int | None = None):
     B, C = input.shape[:2]
     spatial = tuple(input.shape[2:])
     if target.ndim == input.ndim and target.shape[1] == C and C != 1:
@@ -244,10 +255,19 @@ def _multiclass_target(input: Tensor, target: Tensor):
     if index.dtype == torch.bool:
         raise TypeError("class-index targets must be integer (or float holding whole numbers), got dtype torch.bool")
     if index.is_floating_point():
-        if value_checks_enabled(index.device) and index.numel() and not bool((index == index.round()).all()):
-            raise ValueError(
-                "a floating target of shape (B, *spatial) is read as class indices and must hold whole numbers; "
-                "got fractional values (for soft labels pass probabilities of shape (B, C, *spatial))"
+        if value_checks_enabled(index.device) and index.numel():
+            if not bool((index == index.round()).all()):
+                raise ValueError(
+                    "a floating target of shape (B, *spatial) is read as class indices and must hold whole numbers; "
+                    "got fractional values (for soft labels pass probabilities of shape (B, C, *spatial))"
+                )
+            # in the floating dtype: inf or 1e20 would become an arbitrary int64 in the cast below
+            check_index_range(
+                index,
+                C,
+                ignore_index=ignore_index,
+                context=f" for input with C = {C}",
+                hint="; pass ignore_index for a label that marks positions to skip",
             )
     index = index.reshape(B, -1)
     if index.dtype != torch.int64:
@@ -290,13 +310,22 @@ def _surely_in_unit_interval(t: Tensor) -> bool:
     return lo >= 0 and hi <= one
 
 
+def _show(value: float) -> str:
+    """A value for a range message: 4 significant digits, or every digit where those would round an offending
+    value onto the bound it crosses (1.0000001 is not "1")."""
+    short = f"{value:.4g}"
+    if short in ("0", "-0", "1") and value not in (0.0, 1.0):
+        return repr(value)
+    return short
+
+
 def _check_values(logits, target, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn) -> None:
     target = target.detach()  # a soft target may require grad; reading its values needs no graph
     if not from_logits and logits.numel():
         lo, hi = (float(v) for v in torch.aminmax(logits.detach()))
         if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
             raise ValueError(
-                f"from_logits=False expects probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                f"from_logits=False expects probabilities in [0, 1], got values in [{_show(lo)}, {_show(hi)}]; "
                 "pass from_logits=True for raw network outputs"
             )
     if target.numel() == 0:
@@ -319,7 +348,7 @@ def _check_values(logits, target, target_is_index, mode, from_logits, ignore_ind
         if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
             named = mode != "multiclass" and ignore_index is not None
             extra = f" (or ignore_index, {ignore_index})" if named else ""
-            raise ValueError(f"target values must be in [0, 1]{extra}, got values in [{lo:.4g}, {hi:.4g}]")
+            raise ValueError(f"target values must be in [0, 1]{extra}, got values in [{_show(lo)}, {_show(hi)}]")
     if mode == "multiclass":
         sums = target.sum(dim=1, dtype=torch.float32)
         if mask_bn is not None:
@@ -366,7 +395,7 @@ def check_index_range(
     """
     if index.numel() == 0:
         return
-    lo, hi = (int(v) for v in torch.aminmax(index))
+    lo, hi = (v.item() for v in torch.aminmax(index))  # int or float: inf must not go through int()
     if lo >= 0 and hi < num_classes:
         return
     bad = (index < 0) | (index >= num_classes)
@@ -376,5 +405,7 @@ def check_index_range(
         bad &= valid
     if bool(bad.any()):
         values = torch.unique(index[bad])[:8].tolist()
+        if index.is_floating_point():  # float32 1e20 reads 1.0000000200408773e+20 in full
+            values = [float(f"{v:.7g}") for v in values]
         extra = f" (ignore_index is {ignore_index})" if ignore_index is not None else ""
         raise ValueError(f"{what} must be in [0, {num_classes - 1}]{context}, got {values}{extra}{hint}")

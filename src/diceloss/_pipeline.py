@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ._checks import BACKENDS, MODES, REDUCTIONS, check_choice
+from ._checks import BACKENDS, MODES, REDUCTIONS, check_bool, check_choice, check_ignore_index
 from ._layout import prepare
 from .distributed import all_reduce_stats
 from .heads import Head, Selection
@@ -47,15 +47,15 @@ class LossOptions:
         check_choice("mode", self.mode, MODES)
         check_choice("reduction", self.reduction, REDUCTIONS)
         check_choice("backend", self.backend, BACKENDS)
-        ignore = self.ignore_index
-        if ignore is not None and (isinstance(ignore, bool) or not isinstance(ignore, int)):
-            raise TypeError(f"ignore_index must be an int or None, got {ignore!r}")
+        object.__setattr__(self, "ignore_index", check_ignore_index(self.ignore_index))
+        for name in ("from_logits", "include_background", "batch_dice", "squared", "soft_label", "distributed"):
+            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
         if self.distributed and not self.batch_dice:
             raise ValueError(
                 "distributed=True sums the statistics over the ranks, which only batch Dice needs; per-sample Dice "
                 "(batch_dice=False) needs no synchronisation"
             )
-        object.__setattr__(self, "request", StatsRequest(squared=bool(self.squared), soft_label=bool(self.soft_label)))
+        object.__setattr__(self, "request", StatsRequest(squared=self.squared, soft_label=self.soft_label))
 
 
 def _sum_groups(stats: OverlapStats) -> OverlapStats:

@@ -40,8 +40,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._checks import ABSENT_POLICIES, WEIGHTINGS, check_choice, check_compound_reduction, check_nonnegative
-from ._checks import check_smoothing as _check_smoothing
+from ._checks import (
+    ABSENT_POLICIES,
+    WEIGHTINGS,
+    check_bool,
+    check_choice,
+    check_compound_reduction,
+    check_nonnegative,
+    check_smoothing,
+)
 from .stats import OverlapStats, StatsRequest
 
 # ----------------------------------------------------------------------------------------------
@@ -139,9 +146,9 @@ def reduce_class_losses(
         return loss.mean()
     num = weighted.sum(dim=1)
     den = factor.sum(dim=1)
-    per_group = torch.where(
-        den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num)
-    )
+    # != 0, not > 0: a NaN weight (possible with value checks off) must give NaN, never a silent 0
+    counted = den != 0
+    per_group = torch.where(counted, num / torch.where(counted, den, torch.ones_like(den)), torch.zeros_like(num))
     return per_group.mean()
 
 
@@ -207,7 +214,8 @@ def cross_entropy_term(
     if w is None:
         # without a weight den counts positions (or elements): a whole number, 0 only when num is 0 too
         return num / den.clamp_min(1)
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+    counted = den != 0  # a NaN weight gives NaN, not 0
+    return torch.where(counted, num / torch.where(counted, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,6 +254,17 @@ def select_classes(stats: OverlapStats, selection: Selection) -> tuple[Tensor, T
 # head objects
 
 
+def _set(head: Head, name: str, value: object) -> None:
+    """Store a checked, normalised parameter (a float, a bool) on a frozen head."""
+    object.__setattr__(head, name, value)
+
+
+def _check_smoothing(head: Head) -> None:
+    check_smoothing(head.smooth_nr, head.smooth_dr)
+    _set(head, "smooth_nr", float(head.smooth_nr))
+    _set(head, "smooth_dr", float(head.smooth_dr))
+
+
 class Head:
     """A loss as a function of :class:`~diceloss.stats.OverlapStats`; see the module docstring."""
 
@@ -278,7 +297,7 @@ class _ClassHead(Head):
 
     def __post_init__(self) -> None:
         check_choice("absent", self.absent, ABSENT_POLICIES)
-        _check_smoothing(self.smooth_nr, self.smooth_dr)
+        _check_smoothing(self)
 
     def class_losses(self, I: Tensor, P: Tensor, G: Tensor) -> Tensor:
         """The loss per (group, class), before the reduction."""
@@ -297,6 +316,10 @@ class DiceHead(_ClassHead):
     """Per class ``1 - D`` (``-log D`` with ``log=True``), ``D = (2I + s_nr) / (P + G + s_dr)``."""
 
     log: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _set(self, "log", check_bool("log", self.log))
 
     def class_losses(self, I: Tensor, P: Tensor, G: Tensor) -> Tensor:
         score = dice_score(I, P, G, self.smooth_nr, self.smooth_dr)
@@ -321,14 +344,14 @@ class TverskyHead(_ClassHead):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_nonnegative("alpha", self.alpha)
-        check_nonnegative("beta", self.beta)
+        _set(self, "alpha", check_nonnegative("alpha", self.alpha))
+        _set(self, "beta", check_nonnegative("beta", self.beta))
         if self.alpha + self.beta <= 0:
             raise ValueError(
                 f"alpha + beta must be > 0 (alpha weighs false positives, beta false negatives), got "
                 f"alpha={self.alpha}, beta={self.beta}"
             )
-        check_nonnegative("exponent", self.exponent, positive=True)
+        _set(self, "exponent", check_nonnegative("exponent", self.exponent, positive=True))
 
     def class_losses(self, I: Tensor, P: Tensor, G: Tensor) -> Tensor:
         loss = 1 - tversky_score(I, P, G, self.alpha, self.beta, self.smooth_nr, self.smooth_dr)
@@ -347,7 +370,7 @@ class GeneralizedDiceHead(Head):
     smooth_dr: float = 1e-5
 
     def __post_init__(self) -> None:
-        _check_smoothing(self.smooth_nr, self.smooth_dr)
+        _check_smoothing(self)
         check_choice("weighting", self.weighting, WEIGHTINGS)
 
     def __call__(
@@ -375,12 +398,13 @@ class CompoundHead(Head):
 
     def __post_init__(self) -> None:
         check_choice("other", self.other, ("ce", "focal"))
-        check_nonnegative("lambda_dice", self.lambda_dice)
-        check_nonnegative("lambda_ce" if self.other == "ce" else "lambda_focal", self.lambda_other)
+        _set(self, "lambda_dice", check_nonnegative("lambda_dice", self.lambda_dice))
+        other = "lambda_ce" if self.other == "ce" else "lambda_focal"
+        _set(self, "lambda_other", check_nonnegative(other, self.lambda_other))
         if self.other == "ce":
-            check_nonnegative("label_smoothing", self.label_smoothing, at_most=1.0)
+            _set(self, "label_smoothing", check_nonnegative("label_smoothing", self.label_smoothing, at_most=1.0))
         else:
-            check_nonnegative("gamma", self.gamma)
+            _set(self, "gamma", check_nonnegative("gamma", self.gamma))
 
     @property
     def loss_name(self) -> str:

@@ -71,18 +71,22 @@ def compute_stats(
         (1, 2)
     """
     _checks.check_backend(backend)
-    _checks.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
+    label_smoothing = _checks.check_nonnegative("label_smoothing", label_smoothing, at_most=1.0)
     if focal_gamma is not None:
-        _checks.check_nonnegative("focal_gamma", focal_gamma)
+        focal_gamma = _checks.check_nonnegative("focal_gamma", focal_gamma)
     prep = _layout.prepare(
-        input, target, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask
+        input,
+        target,
+        mode=mode,
+        from_logits=_checks.check_bool("from_logits", from_logits),
+        ignore_index=_checks.check_ignore_index(ignore_index),
+        mask=mask,
     )
     request = StatsRequest(
-        squared=squared,
-        soft_label=soft_label,
-        cross_entropy=cross_entropy,
-        label_smoothing=float(label_smoothing),
-        focal_gamma=None if focal_gamma is None else float(focal_gamma),
+        squared=_checks.check_bool("squared", squared),
+        soft_label=_checks.check_bool("soft_label", soft_label),
+        cross_entropy=_checks.check_bool("cross_entropy", cross_entropy),
+        label_smoothing=label_smoothing,
+        focal_gamma=focal_gamma,
     )
     return stats_from_layout(prep, request, backend)
-

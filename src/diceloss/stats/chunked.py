@@ -153,7 +153,7 @@ def _chunk_grad(coef: Tensor, x: Tensor, target: Tensor, mask: Tensor | None, o:
         if focal_gamma is not None:
             h = KF * m * g
             if activation == "softmax":
-                u = u + h * logp * _pow_grad(1 - p, focal_gamma)
+                u = u + h * reference.where_weighted(g, logp) * _pow_grad(1 - p, focal_gamma)
                 vf = -h * (1 - p).pow(focal_gamma)
                 v = vf if v is None else v + vf
             else:
@@ -181,6 +181,7 @@ def _chunk_grad(coef: Tensor, x: Tensor, target: Tensor, mask: Tensor | None, o:
         h = KF * m
         if activation == "sigmoid":
             log_p, log_not_p = torch.nn.functional.logsigmoid(x), torch.nn.functional.logsigmoid(-x)
+            log_p, log_not_p = reference.where_weighted(g, log_p), reference.where_weighted(1 - g, log_not_p)
             u = u + h * (g * log_p * _pow_grad(1 - p, gamma) - (1 - g) * log_not_p * _pow_grad(p, gamma))
             df = h * (-(g * (1 - p).pow(gamma)) * (1 - p) + (1 - g) * p.pow(gamma) * p)
             direct = df if direct is None else direct + df

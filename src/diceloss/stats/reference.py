@@ -49,6 +49,12 @@ def _focal_pow(base: Tensor, gamma: float) -> Tensor:
     )
 
 
+def where_weighted(weight: Tensor, log: Tensor) -> Tensor:
+    """``log`` where ``weight`` > 0, else 0: a term ``weight * log`` with weight 0 is 0, also where log is -inf
+    (a -inf logit masks a class: F.cross_entropy stays finite there), and so is its gradient."""
+    return torch.where(weight > 0, log, torch.zeros_like(log))
+
+
 def dense_target(prep: Prepared, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """The target as probabilities g (B, C, N) and the validity mask m (B, 1 or C, N), both in ``dtype``."""
     B, C, N = prep.logits.shape
@@ -106,9 +112,9 @@ def compute(prep: Prepared, request: StatsRequest, plan: object = None) -> Overl
                 logp = _safe_log(p)
         if request.cross_entropy:
             g_smooth = g * (1.0 - eps) + eps / C
-            cross_entropy = (m * g_smooth * -logp).sum(-1)
+            cross_entropy = (m * g_smooth * -where_weighted(g_smooth, logp)).sum(-1)
         if request.focal_gamma is not None:
-            focal = (m * g * _focal_pow(1.0 - p, request.focal_gamma) * -logp).sum(-1)
+            focal = (m * g * _focal_pow(1.0 - p, request.focal_gamma) * -where_weighted(g, logp)).sum(-1)
     else:
         if request.cross_entropy:
             g_smooth = g * (1.0 - eps) + eps / 2
@@ -123,6 +129,7 @@ def compute(prep: Prepared, request: StatsRequest, plan: object = None) -> Overl
                 log_p, log_not_p = F.logsigmoid(x), F.logsigmoid(-x)
             else:
                 log_p, log_not_p = _safe_log(p), _safe_log(1 - p)
+            log_p, log_not_p = where_weighted(g, log_p), where_weighted(1 - g, log_not_p)
             fl = -(g * _focal_pow(1 - p, gamma) * log_p + (1 - g) * _focal_pow(p, gamma) * log_not_p)
             focal = (m * fl).sum(-1)
 
