@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench lint clean venv
+.PHONY: demo test bench lint clean venv peer-tests
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,14 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml
 	$(PIP) install -e ".[demo]"
 	touch $@
 
-$(VENV)/.test: $(VENV)/.torch pyproject.toml
+$(VENV)/.test: $(VENV)/.torch pyproject.toml Makefile
 	$(PIP) install -e ".[test,triton]"
 	# segmentation_models_pytorch's package needs torchvision; its losses (tested against) need only torch
 	$(PIP) install --no-deps segmentation-models-pytorch==0.6.0
+	# SMP's own tests/test_losses.py, run on diceloss.compat.smp by tests/test_peer_smp.py: its sdist ships them
+	rm -rf $(VENV)/peer-src && mkdir -p $(VENV)/peer-src
+	$(PIP) download --no-deps --no-binary :all: segmentation-models-pytorch==0.6.0 -d $(VENV)/peer-src
+	tar -xzf $(VENV)/peer-src/segmentation_models_pytorch-0.6.0.tar.gz -C $(VENV)/peer-src
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test
@@ -35,6 +39,20 @@ demo: $(VENV)/.demo
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -n 2 -q $(ARGS)
+
+# MONAI's own loss tests on diceloss.compat.monai, from a MONAI source tree (its sdist has no tests; not in
+# `make test`): make peer-tests MONAI_SRC=/path/to/MONAI. Also runs SMP's loss tests (tests/test_peer_smp.py).
+MONAI_TESTS := test_dice_loss.py test_generalized_dice_loss.py test_tversky_loss.py test_dice_ce_loss.py \
+	test_dice_focal_loss.py
+peer-tests: $(VENV)/.test
+	@test -n "$(MONAI_SRC)" || { echo "peer-tests: set MONAI_SRC to the root of a MONAI source tree, e.g." \
+		"git clone https://github.com/Project-MONAI/MONAI /tmp/MONAI && make peer-tests MONAI_SRC=/tmp/MONAI"; exit 2; }
+	@test -d "$(MONAI_SRC)/tests/losses" || { echo "peer-tests: $(MONAI_SRC)/tests/losses not found;" \
+		"MONAI_SRC must be the root of a MONAI source tree"; exit 2; }
+	$(PIP) install parameterized  # MONAI's tests need it
+	cd "$(MONAI_SRC)" && PYTHONPATH="$(CURDIR)/tests/peers" "$(CURDIR)/$(VENV)/bin/pytest" -p diceloss_peer_monai \
+		--import-mode=append -p no:cacheprovider -rs $(addprefix tests/losses/,$(MONAI_TESTS))
+	$(PY) -m pytest -q tests/test_peer_smp.py
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/run.py $(ARGS)

@@ -475,3 +475,45 @@ def test_smp_argument_errors():
         cs.DiceLoss("multilabel")(torch.randn(2, 3, 4), torch.rand(2, 2, 4))
     with pytest.raises(ValueError, match="batch"):
         cs.DiceLoss("binary")(torch.randn(2, 1, 4), torch.rand(3, 1, 4))
+
+
+# ------------------------------------------------------------- MONAI's own tests (make peer-tests)
+
+MONAI_CLASSES = ["DiceLoss", "GeneralizedDiceLoss", "TverskyLoss", "DiceCELoss", "DiceFocalLoss"]
+
+
+@pytest.mark.parametrize("cls", MONAI_CLASSES)
+def test_monai_shape_mismatch_is_assertion_and_value_error(cls):
+    # MONAI raises AssertionError (its test_ill_shape, users' `except AssertionError`); diceloss ValueError
+    with pytest.raises(AssertionError, match="different shape") as info:
+        getattr(cm, cls)()(torch.ones(1, 2, 3), torch.ones(1, 2, 5))
+    assert isinstance(info.value, ValueError) and isinstance(info.value, cm.ShapeMismatchError)
+    with pytest.raises(ValueError, match="different shape"):
+        getattr(cm, cls)()(torch.ones(2, 2, 3), torch.ones(2, 2, 4))
+
+
+@pytest.mark.parametrize("cls", MONAI_CLASSES)
+@pytest.mark.parametrize("option", ["include_background=False", "softmax=True", "to_onehot_y=True"])
+def test_monai_single_channel_warnings(cls, option):
+    # MONAI warns that each of these is ignored for a single channel (its test_input_warnings)
+    name, value = option.split("=")
+    loss = getattr(cm, cls)(**{name: value == "True"})
+    with pytest.warns(UserWarning, match=rf"single channel prediction, `{option}` ignored"):
+        loss(torch.ones(1, 1, 3), torch.ones(1, 1, 3))
+
+
+@pytest.mark.parametrize("weight", [None, 2.0, (1.0, 1.0, 2.0)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_monai_dice_focal_float32_is_monais_arithmetic(reduction, weight):
+    # MONAI's test_dice_focal_loss compares DiceFocalLoss with DiceLoss + FocalLoss at rtol 1e-7, below one
+    # float32 ulp: the float32 focal term must be MONAI's own arithmetic, and the Dice term the compat DiceLoss's
+    for seed in range(12):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(3, 3, 5, 5, generator=gen)
+        t = torch.randint(0, 2, (3, 3, 5, 5), generator=gen)
+        kw = dict(reduction=reduction, weight=weight)
+        focal = monai_losses.FocalLoss(gamma=1.0, **kw)(x, t)
+        dice = cm.DiceLoss(**kw)(x, t)
+        ours = cm.DiceFocalLoss(gamma=1.0, lambda_focal=1.5, **kw)(x, t)
+        assert torch.equal(cm.DiceFocalLoss(gamma=1.0, lambda_dice=0.0, **kw)(x, t), focal), seed
+        assert torch.equal(ours, dice + 1.5 * focal), seed
