@@ -150,3 +150,40 @@ def test_error_messages_show_the_offending_values():
     idx[1, 2] = 1e20
     with pytest.raises(ValueError, match=r"got \[1e\+20, inf\]"):
         diceloss.DiceLoss()(torch.randn(2, 3, 8), idx)
+
+
+@pytest.mark.parametrize("dtype,ignore", [(torch.bfloat16, 257), (torch.bfloat16, -999), (torch.float16, 2049)])
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_half_logits_with_a_float32_target_and_an_ignore_index_half_cannot_hold(dtype, ignore, mode):
+    """The fused kernel reads a float32 target as it is: 257 stays 257 (bf16 would make it 256), so those
+    elements are ignored, as on the reference."""
+    g = torch.Generator().manual_seed(2)
+    C = 1 if mode == "binary" else 3
+    x = torch.randn(2, C, 64, generator=g).to(dtype)
+    t = (torch.rand(2, C, 64, generator=g) > 0.5).float()
+    t[:, :, :8] = ignore
+    for fn in (DF.dice_loss, DF.dice_ce_loss):
+        results = []
+        for backend in ("fused", "reference"):
+            xr = x.clone().requires_grad_(True)
+            value = fn(xr, t, mode=mode, ignore_index=ignore, backend=backend)
+            value.backward()
+            results.append((value.detach(), xr.grad.float()))
+        (vf, gf), (vr, gr) = results
+        torch.testing.assert_close(vf, vr, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gf, gr, rtol=1e-2, atol=1e-4)  # gradients are stored in the half dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_half_logits_read_float32_soft_targets_exactly(dtype, mode):
+    """Soft float32 targets are not rounded to the logits' half dtype on the kernel path: the statistics agree with
+    the reference to float32 rounding (rounding the target to bf16 moved them by up to 4e-5)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 4096, generator=g).to(dtype)
+    soft = torch.rand(2, 4, 4096, generator=g)
+    t = soft.softmax(1) if mode == "multiclass" else soft
+    fused = diceloss.compute_stats(x, t, mode=mode, cross_entropy=True, backend="fused")
+    ref = diceloss.compute_stats(x, t, mode=mode, cross_entropy=True, backend="reference")
+    for a, b in zip(fused[:3] + fused[4:5], ref[:3] + ref[4:5]):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-4)

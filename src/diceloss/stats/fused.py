@@ -98,13 +98,24 @@ class _Kernel:
         return self.module.stats_backward(coef.contiguous(), x, _kernel_target(x, target), mask, *o)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _kernel_target(x: Tensor, target: Tensor) -> Tensor:
-    """The target as the kernel reads it: class indices as they are, a dense target in the logits' dtype."""
+    """The target as the kernel reads it: class indices as they are; a dense target in the logits' dtype, or in
+    float32 with float16 / bfloat16 logits (the kernel reads it as it is: rounding it to half precision would move
+    soft labels and could turn ignore_index into another value)."""
     if not target.is_floating_point() or target.dtype == x.dtype:
         return target
+    if x.dtype in _HALF:
+        if target.dtype == torch.float32:
+            return target
+        wanted = torch.float32
+    else:
+        wanted = x.dtype
     if _counts is not None:
         _count("target_casts")
-    return target.to(x.dtype)
+    return target.to(wanted)
 
 
 def _chunked_forward(x: Tensor, target: Tensor, mask: Tensor | None, o: OpOptions) -> Tensor:

@@ -263,14 +263,14 @@ inline void target_terms(const int32_t* ti, const acc_t* eb, const acc_t* rb, co
 // ------------------------------------------------------------------------------------------------
 // softmax (multiclass): index or dense targets
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename target_t>
 void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask, const Options& o,
                      at::Tensor& out) {
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
   const int64_t nblk = (N + TASK - 1) / TASK, ntask = B * nblk;
   const scalar_t* X = x.data_ptr<scalar_t>();
   const int64_t* T = o.index_target ? target.data_ptr<int64_t>() : nullptr;
-  const scalar_t* G = o.index_target ? nullptr : target.data_ptr<scalar_t>();
+  const target_t* G = o.index_target ? nullptr : target.data_ptr<target_t>();
   const bool* M = mask.defined() ? mask.data_ptr<bool>() : nullptr;
   const acc_t eps = static_cast<acc_t>(o.label_smoothing);
   std::vector<double> partial(static_cast<size_t>(ntask) * C * NSTAT, 0.0);
@@ -292,7 +292,7 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
         if (o.index_target) prefetch_rows(T + b * N, N, 1, t0 + PREFETCH, N);
         const auto xr = tile_rows(X + b * C * N + t0, N, C, cnt, xbuf.data(), N - t0);
         softmax_tile(xr.ptr, xr.stride, C, eb.data(), rb, o.cross_entropy ? lse : nullptr);
-        Rows<scalar_t, acc_t> gr{nullptr, 0};
+        Rows<target_t, acc_t> gr{nullptr, 0};
         if (o.index_target) {
           index_tile(T + b * N + t0, M ? M + b * N + t0 : nullptr, cnt, C, o, tb, vb);
         } else {
@@ -377,7 +377,7 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename target_t>
 void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask,
                       const Options& o, at::Tensor& grad) {
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
@@ -385,7 +385,7 @@ void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
   const scalar_t* X = x.data_ptr<scalar_t>();
   scalar_t* D = grad.data_ptr<scalar_t>();
   const int64_t* T = o.index_target ? target.data_ptr<int64_t>() : nullptr;
-  const scalar_t* G = o.index_target ? nullptr : target.data_ptr<scalar_t>();
+  const target_t* G = o.index_target ? nullptr : target.data_ptr<target_t>();
   const bool* M = mask.defined() ? mask.data_ptr<bool>() : nullptr;
   const acc_t* K = coef.data_ptr<acc_t>();  // (B, C, 6): dL/dI, dL/dP, -, -, dL/dE, -
   const acc_t eps = static_cast<acc_t>(o.label_smoothing);
@@ -507,11 +507,11 @@ struct SigmoidTile {
   bool use_vb;
 };
 
-template <typename scalar_t, typename acc_t>
-inline SigmoidTile<scalar_t, acc_t> sigmoid_tile(const scalar_t* Xr, const scalar_t* Gr, const bool* Mr,
+template <typename scalar_t, typename target_t, typename acc_t>
+inline SigmoidTile<scalar_t, acc_t> sigmoid_tile(const scalar_t* Xr, const target_t* Gr, const bool* Mr,
                                                   int64_t cnt, acc_t* xb, acc_t* gb, acc_t* vb) {
   SigmoidTile<scalar_t, acc_t> t{xb, gb, Mr != nullptr || cnt < TILE};
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+  if constexpr (std::is_same_v<scalar_t, acc_t> && std::is_same_v<target_t, acc_t>) {
     if (cnt == TILE) {
       t.x = Xr;
       t.g = Gr;
@@ -537,13 +537,13 @@ inline void valid_target(const Options& o, Vec<acc_t>& m, Vec<acc_t>& g) {
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename target_t>
 void sigmoid_forward(const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask, const Options& o,
                      at::Tensor& out) {
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
   const int64_t nblk = (N + TASK - 1) / TASK, ntask = B * C * nblk;
   const scalar_t* X = x.data_ptr<scalar_t>();
-  const scalar_t* G = target.data_ptr<scalar_t>();
+  const target_t* G = target.data_ptr<target_t>();
   const bool* M = mask.defined() ? mask.data_ptr<bool>() : nullptr;
   const acc_t eps = static_cast<acc_t>(o.label_smoothing);
   std::vector<double> partial(static_cast<size_t>(ntask) * NSTAT, 0.0);
@@ -597,14 +597,14 @@ void sigmoid_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename target_t>
 void sigmoid_backward(const at::Tensor& coef, const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask,
                       const Options& o, at::Tensor& grad) {
   const int64_t C = x.size(1), N = x.size(2);
   const int64_t nblk = (N + TASK - 1) / TASK, ntask = x.size(0) * C * nblk;
   const scalar_t* X = x.data_ptr<scalar_t>();
   scalar_t* D = grad.data_ptr<scalar_t>();
-  const scalar_t* G = target.data_ptr<scalar_t>();
+  const target_t* G = target.data_ptr<target_t>();
   const bool* M = mask.defined() ? mask.data_ptr<bool>() : nullptr;
   const acc_t* K = coef.data_ptr<acc_t>();
   const acc_t eps = static_cast<acc_t>(o.label_smoothing);
@@ -693,6 +693,27 @@ Options make_options(const at::Tensor& target, const std::string& mode, const st
                  label_smoothing};
 }
 
+// A float32 dense target with float16 / bfloat16 logits is read as it is: rounding it to the logits' dtype
+// would move soft labels by up to 4e-5 and turn an ignore_index such as 257 (bf16) into another value.
+bool wide_target(const at::Tensor& x, const at::Tensor& target) {
+  return (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16) && target.scalar_type() == at::kFloat;
+}
+
+// f(scalar_t, acc_t, target_t) for the logits' dtype and the target's (its own, or float32 with half logits)
+template <typename F>
+void dispatch(const at::Tensor& x, const at::Tensor& target, const Options& o, F f) {
+  const bool wide = !o.index_target && wide_target(x, target);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "diceloss_stats", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      f(scalar_t(), acc_t(), scalar_t());
+    } else {
+      if (wide) f(scalar_t(), acc_t(), float());
+      else f(scalar_t(), acc_t(), scalar_t());
+    }
+  });
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& target, const c10::optional<at::Tensor>& mask,
                   const Options& o) {
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && x.device().is_cpu(), "diceloss kernel: x must be (B, C, N) "
@@ -702,8 +723,10 @@ void check_inputs(const at::Tensor& x, const at::Tensor& target, const c10::opti
                     target.size(0) == x.size(0) && target.size(1) == x.size(2),
                 "diceloss kernel: index target must be (B, N) contiguous int64");
   } else {
-    TORCH_CHECK(target.scalar_type() == x.scalar_type() && target.sizes() == x.sizes() && target.is_contiguous(),
-                "diceloss kernel: dense target must be contiguous, of x's shape and dtype");
+    TORCH_CHECK((target.scalar_type() == x.scalar_type() || wide_target(x, target)) && target.sizes() == x.sizes() &&
+                    target.is_contiguous(),
+                "diceloss kernel: dense target must be contiguous, of x's shape, and of x's dtype (or float32 for "
+                "float16 / bfloat16 x)");
   }
   if (mask.has_value() && mask->defined()) {
     TORCH_CHECK(mask->scalar_type() == at::kBool && mask->is_contiguous() && mask->dim() == 2 &&
@@ -722,10 +745,12 @@ at::Tensor stats_forward(const at::Tensor& x, const at::Tensor& target, const c1
   const at::Tensor mask = mask_opt.has_value() ? *mask_opt : at::Tensor();
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::zeros({x.size(0), x.size(1), NSTAT}, x.options().dtype(acc));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "diceloss_stats_forward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (o.activation == SOFTMAX) softmax_forward<scalar_t, acc_t>(x, target, mask, o, out);
-    else sigmoid_forward<scalar_t, acc_t>(x, target, mask, o, out);
+  dispatch(x, target, o, [&](auto s, auto a, auto t) {
+    using scalar_t = decltype(s);
+    using acc_t = decltype(a);
+    using target_t = decltype(t);
+    if (o.activation == SOFTMAX) softmax_forward<scalar_t, acc_t, target_t>(x, target, mask, o, out);
+    else sigmoid_forward<scalar_t, acc_t, target_t>(x, target, mask, o, out);
   });
   return out;
 }
@@ -745,10 +770,12 @@ at::Tensor stats_backward(const at::Tensor& coef, const at::Tensor& x, const at:
               "diceloss kernel: coefficients must be (B, C, 6)");
   at::Tensor grad = at::empty_like(x);
   advise_huge_pages(grad.data_ptr(), grad.nbytes());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "diceloss_stats_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (o.activation == SOFTMAX) softmax_backward<scalar_t, acc_t>(k, x, target, mask, o, grad);
-    else sigmoid_backward<scalar_t, acc_t>(k, x, target, mask, o, grad);
+  dispatch(x, target, o, [&](auto s, auto a, auto t) {
+    using scalar_t = decltype(s);
+    using acc_t = decltype(a);
+    using target_t = decltype(t);
+    if (o.activation == SOFTMAX) softmax_backward<scalar_t, acc_t, target_t>(k, x, target, mask, o, grad);
+    else sigmoid_backward<scalar_t, acc_t, target_t>(k, x, target, mask, o, grad);
   });
   return grad;
 }
