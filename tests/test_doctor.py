@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 import diceloss
 from diceloss import doctor
 from diceloss.cli import main
+from diceloss.cli.doctor import load_loss
 from diceloss.compat import smp as compat_smp
 
 # small tensors: on a shared machine thread start-up dominates (the float16 probe is ~0.5M elements)
@@ -90,6 +93,27 @@ def dice_half_sums(x, t):
     p = x.softmax(1)
     g = _onehot(t, x.shape[1], x.dtype)  # float16 one-hot: float16 sums overflow
     return 1 - ((2 * (p * g).sum((2, 3)) + 1e-5) / ((p + g).sum((2, 3)) + 1e-5)).mean()
+
+
+def dice_score_summed_over_classes(x, t):
+    """The forum's "my Dice is 1.9": a Dice *score* summed over the classes and divided by the batch size."""
+    I, P, G = _stats(x, t)
+    return ((2 * I + 1e-5) / (P + G + 1e-5)).sum() / x.shape[0]
+
+
+def dice_score_summed_over_batch(x, t):
+    I, P, G = _stats(x, t)
+    return ((2 * I + 1e-5) / (P + G + 1e-5)).sum(0).mean()
+
+
+def dice_score_summed(x, t):
+    I, P, G = _stats(x, t)
+    return ((2 * I + 1e-5) / (P + G + 1e-5)).sum()
+
+
+def dice_score(x, t):
+    I, P, G = _stats(x, t)
+    return ((2 * I + 1e-5) / (P + G + 1e-5)).mean()
 
 
 class _DiceFunction(torch.autograd.Function):
@@ -186,6 +210,20 @@ BROKEN = {
     "sum_over_batch": Broken(dice_summed_over_batch, "batch", cause=("sums over the samples",)),
     "hard_argmax_is_flat": Broken(hard_dice, "gradient", summary=("flat",)),
     "float16_overflow": Broken(dice_half_sums, "float16", cause=("65504",), failed=["float16"]),
+    "dice_score_summed_over_classes": Broken(
+        dice_score_summed_over_classes,
+        "perfect",
+        cause=("a score, not a loss", "grows", "C = 3", "summed over the classes instead of averaged"),
+        others={"wrong": "fail", "range": "fail"},
+        text=("return 1 - Dice",),
+    ),
+    "dice_score": Broken(
+        dice_score,
+        "wrong",
+        cause=("a score, not a loss", "grows"),
+        others={"perfect": "fail", "range": "pass"},  # a score in [0, 1]: no sum to name
+        text=("return 1 - Dice",),
+    ),
 }
 
 
@@ -204,6 +242,37 @@ def test_broken_loss_fails_its_check(case):
         assert report.failed == case.failed
     for phrase in case.text:
         assert phrase in str(report)
+
+
+@pytest.mark.parametrize(
+    "loss, count",
+    [
+        (dice_score_summed_over_classes, "C = 3"),
+        (dice_score_summed_over_batch, "B = 2"),
+        (dice_score_summed, "B x C = 6"),
+    ],
+    ids=["classes", "batch", "batch_and_classes"],
+)
+def test_score_summed_is_named(loss, count):
+    """A Dice score summed over classes / batch: every value check names a score and the sum, never a swap."""
+    report = doctor.check(loss)
+    for name in ("perfect", "wrong", "range"):
+        result = report[name]
+        assert result.status == "fail", str(report)
+        assert "a score, not a loss" in result.cause, str(report)
+        assert "1 - Dice" in result.fix, str(report)
+        assert "input and target swapped" not in result.cause
+    for name in ("perfect", "range"):
+        assert count in report[name].cause, str(report)
+        assert "instead of averag" in report[name].cause, str(report)
+    assert "values from" in report["range"].summary and "above 1" in report["range"].summary
+
+
+def test_score_sum_with_equal_counts_names_both():
+    """C = B = 2: a perfect score of 2 is a sum over the classes or over the batch; both are named."""
+    report = doctor.check(dice_score_summed_over_classes, num_classes=2)
+    cause = report["range"].cause
+    assert "C = 2" in cause and "B = 2" in cause, str(report)
 
 
 def test_report_text_and_errors():
@@ -364,3 +433,132 @@ def test_cli_subprocess_exit_code(tmp_path):
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL  gradient" in proc.stdout
+
+
+def test_many_classes_checks_and_linear_float16_probe():
+    """--num-classes 40 runs (the generated problems grow with C), and the float16 probe grows at most as C."""
+    sizes = {}
+    for C in (3, 40):
+        report = doctor.check(good_dice, num_classes=C)
+        assert report.ok, str(report)
+        shape = report["float16"].summary.split("input of ")[1].split(" gives")[0]
+        sizes[C] = math.prod(int(n) for n in shape.split(" x "))
+    assert sizes[40] <= sizes[3] * 40 / 3 * 1.05, sizes
+
+
+def test_float16_overflow_found_with_many_classes():
+    report = doctor.check(dice_half_sums, num_classes=40)
+    assert report["float16"].status == "fail", str(report)
+    assert "65504" in report["float16"].cause
+
+
+def test_cli_many_classes(user_dir, capsys):
+    assert main(["doctor", f"{user_dir}:dice_fn", "--num-classes", "40"]) == 0, capsys.readouterr()
+    assert "9 passed, 0 failed" in capsys.readouterr().out
+
+
+def test_explicit_spatial_too_small_names_both():
+    with pytest.raises(ValueError, match=r"at least 2 \* num_classes = 80 positions, got \(8, 8\) \(64"):
+        doctor.check(good_dice, num_classes=40, spatial=(8, 8))
+
+
+EXITS = "import sys\n\nsys.exit({code})\n\n\ndef dice(x, t):\n    return x.sum()\n"
+
+ARGPARSE_SCRIPT = textwrap.dedent(
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    SEEN_ARGV = list(sys.argv)
+    """
+)
+
+
+@pytest.mark.parametrize("code", ["0", "1", "'stop'"])
+def test_cli_module_calling_sys_exit_is_a_load_error(tmp_path, monkeypatch, capsys, code):
+    (tmp_path / "exits.py").write_text(EXITS.format(code=code))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "exits", raising=False)
+    assert main(["doctor", "exits.py:dice"]) == 2
+    err = capsys.readouterr().err
+    assert "sys.exit" in err and "SystemExit" in err and "exits.py" in err, err
+    monkeypatch.delitem(sys.modules, "exits", raising=False)
+    assert main(["doctor", "exits:dice"]) == 2  # as a module name too
+    assert "SystemExit" in capsys.readouterr().err
+
+
+def test_cli_argparse_script_does_not_hijack_the_command_line(user_dir, tmp_path, monkeypatch, capsys):
+    (tmp_path / "train_script.py").write_text(ARGPARSE_SCRIPT + BROKEN_MODULE)
+    argv = ["diceloss", "doctor", "train_script.py:dice_fn"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    monkeypatch.delitem(sys.modules, "train_script", raising=False)
+    try:
+        assert main(argv[1:]) == 0, capsys.readouterr()
+        assert sys.argv == argv  # restored
+        assert sys.modules["train_script"].SEEN_ARGV == ["train_script.py"]
+    finally:
+        sys.modules.pop("train_script", None)
+    assert "9 passed, 0 failed" in capsys.readouterr().out
+
+
+def test_cli_script_with_required_arguments_is_a_load_error(tmp_path, monkeypatch, capsys):
+    script = "import argparse\n\np = argparse.ArgumentParser()\np.add_argument('--data', required=True)\n"
+    script += "p.parse_args()\n"
+    (tmp_path / "needs_args.py").write_text(script)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["diceloss", "doctor", "needs_args.py:dice"])
+    monkeypatch.delitem(sys.modules, "needs_args", raising=False)
+    assert main(["doctor", "needs_args.py:dice"]) == 2
+    err = capsys.readouterr().err
+    assert "SystemExit" in err and "needs_args.py" in err, err
+    assert sys.argv == ["diceloss", "doctor", "needs_args.py:dice"]
+    sys.modules.pop("needs_args", None)
+
+
+def test_help_and_readme_say_the_file_is_imported(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "imported" in text and "its top level runs" in text, text
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Checking a hand-written loss: `diceloss doctor`")[1].split("\n## ")[0]
+    section = " ".join(section.split())
+    assert "imported" in section and "its top level runs" in section
+
+
+def test_cli_kwargs_typo_for_a_function_is_a_load_error(user_dir, capsys):
+    assert main(["doctor", f"{user_dir}:dice_fn", "--kwargs", '{"factr": 1.0}']) == 2
+    captured = capsys.readouterr()
+    assert "'factr'" in captured.err and "factor" in captured.err, captured.err  # what came, what was expected
+    assert "--mode" not in captured.err and captured.out == ""
+
+
+def test_cli_mode_is_passed_to_a_loss_that_takes_one(capsys):
+    assert main(["doctor", "diceloss:DiceCELoss", "--mode", "binary"]) == 0, capsys.readouterr()
+    assert "9 passed, 0 failed" in capsys.readouterr().out
+    assert main(["doctor", "diceloss.functional:dice_loss", "--mode", "multilabel"]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    # --kwargs wins over --mode, and without --mode the loss keeps its own default
+    loss_fn, _ = load_loss("diceloss:DiceLoss", {"mode": "multilabel"}, mode="binary")
+    assert loss_fn.mode == "multilabel"
+    loss_fn, _ = load_loss("diceloss:DiceLoss", {})
+    assert loss_fn.mode == "multiclass"
+
+
+def float32_inside_dice(x, t):
+    """A correct loss that computes in float32 whatever the input dtype (an AMP-safe idiom)."""
+    return good_dice(x.float(), t)
+
+
+def test_gradient_check_of_a_float32_loss_and_many_classes():
+    """Correct losses pass the gradient check when they compute in float32, and at C = 150 (tiny gradients)."""
+    report = doctor.check(float32_inside_dice)
+    assert report["gradient"].passed, str(report)
+    assert "float32" in report["gradient"].summary
+    report = doctor.check(good_dice, num_classes=150)
+    assert report.ok, str(report)

@@ -10,13 +10,16 @@ fail with the likely cause and the fix in plain words:
                cosine near -1 means a sign error in a hand-written backward, a constant ratio a missing
                scale (such as the division by the batch size)
 ``perfect``    a perfect prediction gives the minimum, 0 for the Dice family (0.5 points at a missing
-               factor 2 in ``2I / (P + G)``, a small positive value at misplaced smoothing)
+               factor 2 in ``2I / (P + G)``, a small positive value at misplaced smoothing, the largest value
+               at a score returned instead of a loss)
 ``wrong``      a fully wrong prediction gives a value near the maximum (1 for a Dice loss)
-``range``      the loss is never below 0, so no Dice above 1 (summing the per-class Dice over classes,
-               dividing by the batch size only, class weights in the numerator only)
+``range``      the loss is never below 0, so no Dice above 1, and a score (a value that grows as the
+               prediction improves) never passes 1 (summing the per-class Dice over classes, dividing by the
+               batch size only, class weights in the numerator only: a maximum near C, B or B x C is named)
 ``descent``    a few steps of gradient descent on a toy problem lower the loss
 ``empty``      an empty target and an empty prediction give finite values and gradients
-``float16``    a float16 input gives a finite value close to the float32 one (sums overflow past 65504)
+``float16``    a float16 input gives a finite value close to the float32 one (sums overflow past 65504;
+               the probe has C x about 64 000 elements)
 ``batch``      the value does not depend on the batch size for repeated samples ("mean" reduction)
 =============  ===========================================================================================
 
@@ -58,6 +61,10 @@ CHECKS = ("graph", "gradient", "perfect", "wrong", "range", "descent", "empty", 
 _CONFIDENT = 25.0
 # and these underflow to exactly 0 / 1 in float32 (exp(-200) = 0), as saturated network outputs do
 _SATURATED = 200.0
+# the float16 probe: positions of its dominant label (about 0.8 x 60 000 = 48 000 in the intersection: twice
+# that, and prediction + target, pass 65504, the largest float16), and at least this many other positions
+_FLOAT16_POSITIONS = 60000
+_FLOAT16_REST = 4096
 
 
 @dataclass
@@ -181,6 +188,37 @@ class _Problem:
 
     def wrong_labels(self, g: Tensor) -> Tensor:
         return g.roll(1, dims=1) if self.mode == "multiclass" else 1 - g
+
+    def float16_problem(self) -> tuple[Tensor, Tensor]:
+        """One sample (input (1, C, *S) float16, target) whose float16 sums overflow, at a size linear in C.
+
+        The dominant label (class 0 in multiclass mode, the positives of every channel otherwise) holds
+        :data:`_FLOAT16_POSITIONS` positions predicted with probability about 0.8: its intersection (about
+        48 000), prediction and target sums each stay below 65504, the largest float16, but twice the
+        intersection and prediction + target pass it, so a float16 Dice of that class is inf / inf = NaN,
+        which no mean over C classes hides. The rest of the positions (a fixed number while C <= 2048) hold
+        the other classes, every class present. C x about 64 000 elements in all: a probe that made every
+        class overflow would need C^2.
+        """
+        C, d = self.C, len(self.spatial)
+        side = math.ceil((_FLOAT16_POSITIONS + max(_FLOAT16_REST, 2 * C)) ** (1 / d))
+        spatial = (side,) * d
+        n, n0 = math.prod(spatial), _FLOAT16_POSITIONS
+        if self.mode == "multiclass":
+            idx = torch.zeros(n, dtype=torch.int64)
+            idx[n0:] = torch.randint(1, C, (n - n0,), generator=self.gen)
+            idx[n0 : n0 + C] = torch.arange(C)  # every class present
+            g = torch.zeros(C, n).scatter_(0, idx[None], 1.0)
+            p = 0.8 * g + 0.2 / (C - 1) * (1 - g)
+            z = p.log()  # softmax(log p) = p
+        else:
+            g = torch.zeros(C, n)
+            g[:, :n0] = 1.0
+            p = 0.8 * g + 0.2 * (1 - g)
+            z = (p / (1 - p)).log()  # sigmoid(logit p) = p
+        g, z = g.reshape(1, C, *spatial), z.reshape(1, C, *spatial)
+        z += torch.randn(z.shape, generator=self.gen) * 0.1
+        return self.activate(z).half(), self.target_of(g)
 
 
 class _Doctor:
@@ -337,7 +375,11 @@ class _Doctor:
             x = x32.double()
             t = self.t.double() if self.t.is_floating_point() else self.t
             _, ga = self.grad(x, t)
-        except Exception:  # a loss that only runs in float32
+            with torch.no_grad():
+                out = self.loss_fn(x.clone(), t.clone())
+            if isinstance(out, Tensor) and out.dtype != torch.float64:  # x.float() inside: float32 values
+                raise TypeError("float32 result")
+        except Exception:  # a loss that only runs (or computes) in float32
             dtype, h, tol = torch.float32, 1e-2 if pb.inputs == "logits" else 1e-3, 3e-2
             x, t = x32, self.t
             _, ga = self.grad(x, t)
@@ -351,7 +393,13 @@ class _Doctor:
             )
             return
         n = x.numel()
-        idx = torch.randperm(n, generator=gen)[: min(n, 96)]
+        # half the coordinates where the gradient is largest: with many classes most entries are ~1e-7, where
+        # finite differences are rounding noise; the other half at random
+        top = ga.detach().reshape(-1).abs().argsort(descending=True)[: min(n, 48)]
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[top] = False
+        rest = rest.nonzero().reshape(-1)
+        idx = torch.cat([top, rest[torch.randperm(len(rest), generator=gen)[: min(len(rest), 96 - len(top))]]])
         flat = x.detach().reshape(-1)
         gn = torch.empty(len(idx), dtype=torch.float64)
         for k, i in enumerate(idx.tolist()):
@@ -423,6 +471,33 @@ class _Doctor:
     def _probe(self, g: Tensor) -> float:
         return self.value(self.pb.exact(g), self.t)
 
+    def _score(self) -> tuple[str, str] | None:
+        """(cause, fix) when the loss is a score: it grows as the prediction improves; None otherwise."""
+        pb = self.pb
+        if not hasattr(self, "_score_values"):
+            self._score_values = (
+                self._probe(pb.labels),
+                self.value(self.x, self.t),
+                self._probe(pb.wrong_labels(pb.labels)),
+            )
+        vp, vr, vw = self._score_values
+        if not all(math.isfinite(v) for v in (vp, vr, vw)) or vp <= max(vr, vw) + 1e-3 * max(1.0, abs(vp)):
+            return None
+        cause = (
+            f"it returns a score, not a loss: the value grows as the prediction improves (perfect {vp:.3g}, "
+            f"random {vr:.3g}, wrong {vw:.3g}), so minimising it makes the prediction worse"
+        )
+        named = _sums_named(vp, pb)
+        if named:
+            cause += f"; and its maximum, {vp:.3g} at a perfect prediction, is about {named}"
+        elif vp > 1 + 1e-3:
+            cause += (
+                f"; and its maximum, {vp:.3g} at a perfect prediction, is above 1: class weights applied to the "
+                "numerator only, or a weighted sum not divided by the sum of the weights"
+            )
+        fix = "return 1 - Dice, with Dice the mean over classes (and samples) of (2I + s) / (P + G + s)"
+        return cause, fix
+
     def check_perfect(self) -> None:
         v = self._probe(self.pb.labels)
         v_rand = self.value(self.x, self.t)
@@ -443,7 +518,10 @@ class _Doctor:
                 f"a perfect prediction gives {v:.2g}, the minimum (random prediction: {v_rand:.3g})",
             )
             return
-        if v < 0:
+        score = self._score()
+        if score:
+            cause, fix = score
+        elif v < 0:
             cause = "the loss goes below 0 (see the range check): it returns -Dice, or the Dice exceeds 1"
             fix = "return 1 - Dice, with Dice = mean over classes of (2I + s) / (P + G + s)"
         elif abs(v - 0.5) <= 0.05:
@@ -503,14 +581,12 @@ class _Doctor:
         if ok:
             self.add("wrong", "pass", summary)
         elif v <= getattr(self, "v_perfect", -math.inf) + 1e-6:
-            self.add(
-                "wrong",
-                "fail",
-                summary + ": no worse than a perfect one",
+            cause, fix = self._score() or (
                 "the loss does not depend on the prediction the way a Dice does (sign, or input and target "
                 "swapped)",
                 "return 1 - Dice, computed from the prediction and the target",
             )
+            self.add("wrong", "fail", summary + ": no worse than a perfect one", cause, fix)
         else:
             vol = math.prod(pb.spatial)
             self.add(
@@ -535,41 +611,30 @@ class _Doctor:
             self.add("range", "fail", f"non-finite values: {bad}", "0/0 or log(0)", "smooth the denominators")
             return
         low = min(probes, key=probes.get)
+        high = max(probes, key=probes.get)
+        values = f"values from {probes[low]:.3g} to {probes[high]:.3g}"
         if probes[low] >= -1e-6:
-            self.add(
-                "range",
-                "pass",
-                f"never below 0 (values from {probes[low]:.3g} to {max(probes.values()):.3g})",
-            )
+            score = self._score()
+            if score and high == "perfect" and probes[high] > 1 + 1e-3:
+                self.add(
+                    "range",
+                    "fail",
+                    f"{values}: a perfect prediction gives {probes[high]:.4g}, the largest value and above 1 "
+                    "(read as a Dice, a Dice above 1)",
+                    *score,
+                )
+                return
+            self.add("range", "pass", f"never below 0 ({values})")
             return
         v_perfect, v_wrong = probes["perfect"], probes["wrong"]
         dice = 1 - v_perfect
-        B, C = pb.B, pb.C
+        named = _sums_named(dice, pb)
         if abs(v_perfect + 1) < 0.05 and abs(v_wrong) < 0.1:
             cause = "the loss is -Dice (nnU-Net's convention): fine to optimise, but not a loss in [0, 1]"
             fix = "return 1 - Dice"
-        elif C > 1 and abs(dice - C) < 0.05 * C:
-            cause = (
-                f"a Dice of {dice:.3g} at a perfect prediction, about the number of classes C = {C}: the "
-                "per-class Dice is summed over the classes instead of averaged (or a sum over batch "
-                "and classes "
-                "is divided by the batch size only)"
-            )
-            fix = "average the per-class Dice: .mean() over the class dimension"
-        elif abs(dice - B * C) < 0.05 * B * C:
-            cause = (
-                f"a Dice of {dice:.3g} at a perfect prediction, about B x C = {B * C}: the Dice is "
-                "summed over "
-                "samples and classes without averaging"
-            )
-            fix = "average over samples and classes: .mean()"
-        elif abs(dice - B) < 0.05 * B:
-            cause = (
-                f"a Dice of {dice:.3g} at a perfect prediction, about the batch size B = {B}: summed "
-                "over the "
-                "samples instead of averaged"
-            )
-            fix = "average over the samples: .mean()"
+        elif named:
+            cause = f"a Dice of {dice:.3g} at a perfect prediction, about {named}"
+            fix = "average the per-class Dice over the classes (and the samples): .mean(), not .sum()"
         else:
             cause = (
                 f"a Dice above 1 ({dice:.3g} at a perfect prediction): class weights applied to the "
@@ -671,15 +736,10 @@ class _Doctor:
 
     def check_float16(self) -> None:
         pb = self.pb
-        # large enough that a per-(sample, class) float16 sum passes 65504
-        side = int(math.ceil(math.sqrt(40000 * max(pb.C, 2))))
-        g = pb.make_labels(1, (side, side))
-        t = pb.target_of(g)
-        x32 = pb.activate(pb.random_logits(g))
-        x16 = x32.half()
+        x16, t = pb.float16_problem()
         v16 = self.value(x16, t)
         v32 = self.value(x16.float(), t)
-        size = f"1 x {pb.C} x {side} x {side}"
+        size = " x ".join(str(n) for n in x16.shape)
         if not math.isfinite(v16):
             self.add(
                 "float16",
@@ -731,6 +791,22 @@ class _Doctor:
         )
 
 
+def _sums_named(dice: float, pb: _Problem) -> str:
+    """What a Dice of ``dice`` at a perfect prediction sums, when it is about C, B x C or B; "" otherwise."""
+    B, C = pb.B, pb.C
+    named = []
+    if C > 1 and abs(dice - C) < 0.05 * C:
+        named.append(
+            f"the number of classes C = {C}: the per-class Dice is summed over the classes instead of averaged "
+            "(or a sum over batch and classes is divided by the batch size only)"
+        )
+    if C > 1 and abs(dice - B * C) < 0.05 * B * C:
+        named.append(f"B x C = {B * C}: the Dice is summed over samples and classes instead of averaged")
+    if B > 1 and abs(dice - B) < 0.05 * B:
+        named.append(f"the batch size B = {B}: the Dice is summed over the samples instead of averaged")
+    return "; or ".join(named)
+
+
 def _scale_cause(ratio: float, pb: _Problem) -> str:
     named = {
         pb.B: f"the batch size B = {pb.B}",
@@ -756,7 +832,7 @@ def check(
     *,
     num_classes: int = 3,
     batch_size: int = 2,
-    spatial: tuple[int, ...] = (8, 8),
+    spatial: tuple[int, ...] | None = None,
     seed: int = 0,
     name: str | None = None,
 ) -> Report:
@@ -771,7 +847,8 @@ def check(
             sigmoid otherwise).
         target: multiclass mode: "index" (class indices (B, *S), int64) or "onehot" ((B, C, *S) float).
         num_classes: C for multiclass and multilabel (at least 2 for multiclass).
-        batch_size, spatial: the shape of the generated problems (B >= 2).
+        batch_size, spatial: the shape of the generated problems (B >= 2; spatial holds at least 2 positions
+            per class, default (8, 8), or a larger square for more than 16 classes).
         seed: seed of the generated data.
         name: shown in the report (default: the loss's name).
 
@@ -797,9 +874,16 @@ def check(
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
         raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}")
+    C = 1 if mode == "binary" else num_classes
+    if spatial is None:
+        side = max(8, math.ceil(math.sqrt(4 * C)))
+        spatial = (side, side)
     spatial = tuple(int(s) for s in spatial)
-    if not spatial or math.prod(spatial) < 2 * num_classes:
-        raise ValueError(f"spatial must hold at least 2 * num_classes positions, got {spatial}")
+    if not spatial or math.prod(spatial) < 2 * C:
+        raise ValueError(
+            f"spatial must hold at least 2 * num_classes = {2 * C} positions, got {spatial} "
+            f"({math.prod(spatial)} positions); leave it out to size it from num_classes"
+        )
     if name is None:
         owner = getattr(loss_fn, "__self__", None)
         if isinstance(owner, type):  # SomeFunction.apply

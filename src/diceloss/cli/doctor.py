@@ -3,7 +3,10 @@
 ``Name`` is an ``nn.Module`` class (built with ``--kwargs``), a function (called with ``--kwargs`` as extra
 keyword arguments), an ``autograd.Function`` class (its ``apply`` is checked), or an instance of any of these.
 ``module`` is a dotted module name found on the current directory or the installed packages, or a path to a
-``.py`` file. Exit code 0 when every check passes, 1 when one fails, 2 when the loss cannot be loaded.
+``.py`` file. The module is imported, so its top level runs (with ``sys.argv`` holding only ``module``, so a
+top-level ``argparse`` sees no arguments); a ``sys.exit()`` there is a load error. When the loss takes a
+``mode`` argument and ``--mode`` is given, it is passed (unless ``--kwargs`` names it). Exit code 0 when
+every check passes, 1 when one fails, 2 when the loss cannot be loaded.
 
 Example:
     $ diceloss doctor my_losses:SoftDice --mode multiclass --inputs logits --target index
@@ -13,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import functools
 import importlib
 import importlib.util
@@ -30,6 +35,25 @@ class LoadError(Exception):
     """The loss named on the command line cannot be found or built."""
 
 
+@contextlib.contextmanager
+def _argv_of(module: str):
+    """``sys.argv`` holds only ``module`` while the user's module runs (a top-level argparse sees no options)."""
+    saved = sys.argv
+    sys.argv = [module]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _exit_error(module: str, e: SystemExit) -> LoadError:
+    return LoadError(
+        f"importing {module} called sys.exit() (SystemExit with code {e.code!r}): the module's top level runs "
+        "when doctor imports it; expected a module that defines the loss, got one that exits (move the script "
+        'part under `if __name__ == "__main__":`)'
+    )
+
+
 def _import(module: str):
     if module.endswith(".py") or os.sep in module:
         path = Path(module)
@@ -37,27 +61,78 @@ def _import(module: str):
             raise LoadError(f"no file {module}")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         mod = importlib.util.module_from_spec(spec)
-        sys.modules.setdefault(path.stem, mod)
+        added = sys.modules.setdefault(path.stem, mod) is mod
         try:
-            spec.loader.exec_module(mod)
-        except Exception as e:
+            with _argv_of(module):
+                spec.loader.exec_module(mod)
+        except (Exception, SystemExit) as e:
+            if added:
+                sys.modules.pop(path.stem, None)
+            if isinstance(e, SystemExit):
+                raise _exit_error(module, e) from e
             raise LoadError(f"running {module} raised {type(e).__name__}: {e}") from e
         return mod
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)  # the user's own modules, next to where they run the command
     try:
-        return importlib.import_module(module)
+        with _argv_of(module):
+            return importlib.import_module(module)
     except ModuleNotFoundError as e:
         raise LoadError(
             f"cannot import module {module!r} ({e}); run from the directory that holds it, or install it"
         ) from e
+    except SystemExit as e:
+        raise _exit_error(repr(module), e) from e
     except Exception as e:  # the user's module itself fails to import
         raise LoadError(f"importing {module!r} raised {type(e).__name__}: {e}") from e
 
 
-def load_loss(spec: str, kwargs: dict | None = None):
-    """The loss ``loss(input, target)`` named by ``module:Name`` (``Name`` may be dotted) and its name."""
+def _takes_mode(obj) -> bool:
+    """Whether ``obj`` (a class or a function) has a parameter ``mode`` that can be passed by keyword."""
+    try:
+        param = inspect.signature(obj).parameters.get("mode")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+def _check_kwargs(fn, kwargs: dict, spec: str) -> None:
+    """A load error naming each keyword ``fn(input, target, **kwargs)`` does not take (a --kwargs typo)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to check against (some builtins): the call will tell
+        return
+    params = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in names]
+    if unknown:
+        options = [n for n in names[2:] if n not in kwargs] if len(names) >= 2 else names
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, options, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise LoadError(
+            f"{spec} takes no keyword argument {', '.join(hints)} from --kwargs; expected keywords of "
+            f"{spec}{sig}: {', '.join(options) or 'none'}"
+        )
+    try:
+        sig.bind(None, None, **kwargs)
+    except TypeError as e:
+        raise LoadError(
+            f"{spec} cannot be called as loss(input, target, **kwargs) with kwargs {kwargs}: {e}; its "
+            f"signature is {sig}"
+        ) from e
+
+
+def load_loss(spec: str, kwargs: dict | None = None, mode: str | None = None):
+    """The loss ``loss(input, target)`` named by ``module:Name`` (``Name`` may be dotted) and its name.
+
+    ``mode`` (``--mode`` when given) is passed to a class or function that takes a ``mode`` argument, unless
+    ``kwargs`` names one.
+    """
     kwargs = dict(kwargs or {})
     module, sep, attr = spec.rpartition(":")
     if not sep or not module or not attr:
@@ -72,6 +147,8 @@ def load_loss(spec: str, kwargs: dict | None = None):
         if kwargs:
             raise LoadError("an autograd.Function takes no --kwargs; its apply(input, target) is checked")
         return obj.apply, f"{spec} (apply)"
+    if mode is not None and "mode" not in kwargs and not isinstance(obj, nn.Module) and _takes_mode(obj):
+        kwargs["mode"] = mode
     if inspect.isclass(obj):
         try:
             return obj(**kwargs), spec
@@ -84,6 +161,7 @@ def load_loss(spec: str, kwargs: dict | None = None):
     if kwargs:
         if isinstance(obj, nn.Module):
             raise LoadError(f"{spec} is already built; --kwargs applies to classes and functions")
+        _check_kwargs(obj, kwargs, spec)
         obj = functools.partial(obj, **kwargs)
     return obj, spec
 
@@ -95,22 +173,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Check a hand-written segmentation loss: gradient against finite differences, perfect and wrong "
             "predictions, range, gradient descent, empty masks, float16, batch-size independence. "
-            "Exit code 1 "
-            "when a check fails."
+            "The module (or file) is imported, so its top level runs, with sys.argv holding only the module; "
+            'keep training code under `if __name__ == "__main__":`. '
+            "Exit code 0 when every check passes, 1 when one fails, 2 when the loss cannot be loaded."
         ),
     )
     p.add_argument(
         "loss",
         metavar="MODULE:NAME",
         help="the loss: an nn.Module class, a function or an autograd.Function class (module on the "
-        "current directory or installed; or path/to/file.py:NAME)",
+        "current directory or installed; or path/to/file.py:NAME); the module is imported and its top level "
+        "runs",
     )
     p.add_argument(
         "--mode",
         choices=("binary", "multiclass", "multilabel"),
-        default="multiclass",
+        default=None,
         help="binary: input and target (B, 1, H, W); multiclass: input (B, C, H, W); multilabel: both "
-        "(B, C, H, W) (default: multiclass)",
+        "(B, C, H, W) (default: multiclass); passed to a loss that takes a `mode` argument",
     )
     p.add_argument(
         "--inputs",
@@ -148,10 +228,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"diceloss doctor: --kwargs must be a JSON object, got {args.kwargs}", file=sys.stderr)
         return 2
     try:
-        loss_fn, name = load_loss(args.loss, kwargs)
+        loss_fn, name = load_loss(args.loss, kwargs, mode=args.mode)
         report = doctor.check(
             loss_fn,
-            mode=args.mode,
+            mode=args.mode or "multiclass",
             inputs=args.inputs,
             target=args.target,
             num_classes=args.num_classes,
