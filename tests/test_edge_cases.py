@@ -187,3 +187,46 @@ def test_half_logits_read_float32_soft_targets_exactly(dtype, mode):
     ref = diceloss.compute_stats(x, t, mode=mode, cross_entropy=True, backend="reference")
     for a, b in zip(fused[:3] + fused[4:5], ref[:3] + ref[4:5]):
         torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("loss_cls,term", [(diceloss.DiceCELoss, "ce"), (diceloss.DiceFocalLoss, "focal")])
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_the_pixel_term_does_not_depend_on_squared(loss_cls, term, batch_dice):
+    """With a weight and soft targets the CE / focal term divides by sum_n sum_c w_c g_c whatever ``squared`` (the
+    Dice term's option) is: turning on squared must not move it (it divided by sum w g^2: 1.389 became 2.160)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, 50, generator=g, dtype=torch.float64)
+    t = torch.randn(3, 4, 50, generator=g, dtype=torch.float64).softmax(1)
+    w = [1.0, 0.5, 2.0, 3.0]
+    plain, squared = loss_cls(weight=w, batch_dice=batch_dice), loss_cls(weight=w, squared=True, batch_dice=batch_dice)
+    plain(x, t)
+    squared(x, t)
+    torch.testing.assert_close(squared.components[term], plain.components[term], rtol=1e-12, atol=0)
+    if term == "ce":
+        wt = torch.tensor(w, dtype=torch.float64)[None, :, None]
+        want = -(wt * t * x.log_softmax(1)).sum() / (wt * t).sum()
+        torch.testing.assert_close(squared.components["ce"], want, rtol=1e-12, atol=0)
+
+
+def test_torch_func_grad_runs_on_the_default_backend():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 3, (2, 8, 8), generator=g)
+    got = torch.func.grad(lambda z: diceloss.DiceCELoss()(z, t))(x)
+    xr = x.clone().requires_grad_(True)
+    diceloss.DiceCELoss(backend="reference")(xr, t).backward()
+    torch.testing.assert_close(got, xr.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_takes_the_reference_backend_or_says_what_to_do():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 1, 3, 16, generator=g, dtype=torch.float64)  # 4 problems of (B=1, C=3, N=16)
+    t = torch.randint(0, 3, (4, 1, 16), generator=g)
+    loss = diceloss.DiceLoss()
+    want = torch.stack([loss(xi, ti) for xi, ti in zip(x, t)])
+    with pytest.raises(RuntimeError, match="set_value_checks\\(False\\)"):
+        torch.func.vmap(loss)(x, t)
+    with value_checks(False):
+        torch.testing.assert_close(torch.func.vmap(loss)(x, t), want)
+        with pytest.raises(ValueError, match="torch.func.vmap.*backend='reference'"):
+            torch.func.vmap(diceloss.DiceLoss(backend="fused"))(x, t)

@@ -531,3 +531,31 @@ def test_kinds_cover_every_mode():
     modes = {make_case(k, 1, 3, (2,), torch.float32, 0)[2]["mode"] for k in KINDS}
     assert modes == {"binary", "multiclass", "multilabel"}
     assert len(set(itertools.product(KINDS, range(len(REQUESTS))))) == len(KINDS) * len(REQUESTS)
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "binary"])
+def test_minus_inf_logits_keep_ce_and_focal_finite(interpreter, mode):
+    """A -inf logit (a masked class, or a certain and right element): CE and focal terms and their gradients are
+    finite and equal to the reference's."""
+    g = torch.Generator().manual_seed(7)
+    C = 3 if mode == "multiclass" else 1
+    x = torch.randn(2, C, 24, generator=g, dtype=torch.float64)
+    if mode == "multiclass":
+        t = torch.randint(0, 2, (2, 24), generator=g)
+        x[:, 2] = -float("inf")  # class 2 masked
+        fns = [(functional.dice_ce_loss, {}), (functional.dice_focal_loss, {"gamma": 2.0})]
+    else:
+        t = (torch.rand(2, 1, 24, generator=g) > 0.5).double()
+        x[t == 0] = -float("inf")
+        fns = [(functional.dice_focal_loss, {"gamma": 2.0})]
+    for fn, kw in fns:
+        results = []
+        for backend in ("triton", "reference"):
+            xr = x.clone().requires_grad_(True)
+            value = fn(xr, t, mode=mode, backend=backend, **kw)
+            value.backward()
+            results.append((value.detach(), xr.grad))
+        (vt, gt), (vr, gr) = results
+        assert torch.isfinite(vt) and torch.isfinite(gt).all()
+        torch.testing.assert_close(vt, vr, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(gt, gr, rtol=1e-10, atol=1e-12)

@@ -84,6 +84,20 @@ def is_compiling() -> bool:
         return False
 
 
+def is_vmapped(t: Tensor | None) -> bool:
+    """Whether ``t`` is a tensor batched by ``torch.func.vmap`` (whose values cannot be read, and which no compiled
+    kernel can take)."""
+    return t is not None and _is_batched(t)
+
+
+try:
+    _is_batched = torch._C._functorch.is_batchedtensor
+except AttributeError:  # a torch without functorch
+
+    def _is_batched(t: Tensor) -> bool:
+        return False
+
+
 def value_checks_enabled(device: torch.device) -> bool:
     """Whether the value checks run for tensors on ``device`` now."""
     if is_compiling():

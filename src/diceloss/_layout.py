@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._checks import MODES, check_choice, value_checks_enabled
+from ._checks import MODES, check_choice, is_vmapped, value_checks_enabled
 
 # the floating dtypes every backend reads (float8 and the like would fail inside a kernel)
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -181,6 +181,12 @@ def prepare(
         folded_ignore = None
 
     if value_checks_enabled(input.device):
+        if is_vmapped(target) or is_vmapped(mask) or (not from_logits and is_vmapped(input)):
+            raise RuntimeError(
+                "diceloss's value checks read tensor values, which torch.func.vmap does not allow: turn them off "
+                "around the vmapped call (diceloss.set_value_checks(False)); backend='auto' then takes the reference "
+                "backend under vmap"
+            )
         _check_values(logits, target_bcn, target_is_index, mode, from_logits, ignore_index, num_classes, mask_bn)
 
     return Prepared(

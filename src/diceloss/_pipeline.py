@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from ._checks import BACKENDS, MODES, REDUCTIONS, check_bool, check_choice, check_ignore_index
-from ._layout import prepare
-from .distributed import all_reduce_stats
+from ._layout import Prepared, prepare
+from .distributed import all_reduce_stats, all_reduce_sum
 from .heads import Head, Selection
 from .stats import OverlapStats, StatsRequest, compute_dtype, stats_from_layout
 
@@ -81,12 +82,34 @@ def run(
         include_background=options.include_background,
         weight=weight,
     )
-    stats = stats_from_layout(prep, head.request(options.request), options.backend)
+    request = head.request(options.request)
+    stats = stats_from_layout(prep, request, options.backend)
+    linear = None
+    if (
+        request.squared
+        and weight is not None
+        and not prep.target_is_index
+        and prep.mode == "multiclass"
+        and (request.cross_entropy or request.focal_gamma is not None)
+    ):
+        # G holds sum g^2; the weighted mean of the pixel term divides by sum w_c g_c (soft targets differ)
+        linear = _linear_target_volume(prep, stats.target_volume.dtype)
     if options.batch_dice:
         stats = _sum_groups(stats)
+        linear = None if linear is None else linear.sum(dim=0, keepdim=True)
         if options.distributed:
             stats = all_reduce_stats(stats, options.process_group)
+            linear = None if linear is None else all_reduce_sum(linear, options.process_group)
     if weight is not None:
         weight = weight.to(compute_dtype(input.dtype))
-    selection = Selection(prep.kept_classes, weight, prep.mode == "multiclass", prep.target_is_index)
+    selection = Selection(prep.kept_classes, weight, prep.mode == "multiclass", prep.target_is_index, linear)
     return head.terms(stats, selection, options.reduction, options.batch_dice)
+
+
+def _linear_target_volume(prep: Prepared, dtype) -> Tensor:
+    """sum_n m g per (sample, class) of a dense target (B, C, N), without a full-size temporary."""
+    with torch.no_grad():
+        g = prep.target.to(dtype)
+        if prep.mask is None:
+            return g.sum(dim=-1)
+        return torch.bmm(g, prep.mask.to(dtype)[..., None])[..., 0]

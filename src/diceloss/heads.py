@@ -229,12 +229,15 @@ class Selection(NamedTuple):
     weight: per-class weights (C,) in the accumulation dtype, or None.
     multiclass: the mode was "multiclass" (softmax cross-entropy) rather than binary / multilabel.
     target_is_index: the target held class indices (the cross-entropy's weighted mean divides by sum w_c G_c).
+    linear_target_volume: sum_n m g per (group, class) where the statistics hold sum_n m g^2 (squared=True) and the
+        cross-entropy's normaliser needs the plain sum (soft targets with a weight); None: G serves.
     """
 
     kept: tuple[int, ...] | None = None
     weight: Tensor | None = None
     multiclass: bool = True
     target_is_index: bool = True
+    linear_target_volume: Tensor | None = None
 
 
 ALL_CLASSES = Selection()
@@ -426,11 +429,12 @@ class CompoundHead(Head):
         # with a weight every multiclass target takes cross_entropy's class-index mean, sum w_c E_c / sum w_c G_c,
         # so index, one-hot and soft one-hot targets of the same labels give the same loss (cross_entropy divides
         # probability targets by the positions, which is the same without a weight). With squared=True, G is
-        # sum g^2: the same for hard targets; for soft targets with a weight the normaliser is then sum w_c g_c^2.
+        # sum g^2: the same for hard targets; for soft targets the pipeline hands the plain sum over.
         w = selection.weight
+        G = stats.target_volume if selection.linear_target_volume is None else selection.linear_target_volume
         other = cross_entropy_term(
             sums,
-            stats.target_volume,
+            G,
             stats.count,
             w,
             mode="multiclass" if selection.multiclass else "multilabel",

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .._checks import is_compiling
+from .._checks import is_compiling, is_vmapped
 from .._layout import Prepared
 from . import chunked, cpu
 from .op import StatsImpl, eager_stats, register_stats_op
@@ -175,6 +175,8 @@ def supports(prep: Prepared, request: StatsRequest) -> str | None:
     """None when the fused backend serves the call, else the reason it does not."""
     if prep.target.requires_grad:
         return "the target requires grad (the fused backward differentiates with respect to the input only)"
+    if is_vmapped(prep.logits) or is_vmapped(prep.target) or is_vmapped(prep.mask):
+        return "it cannot run under torch.func.vmap (its kernels take whole tensors); use backend='reference'"
     if not prep.logits.dtype.is_floating_point:
         return f"input dtype {prep.logits.dtype} is not floating"
     return None

@@ -50,9 +50,12 @@ class _Backward(torch.autograd.Function):
     """The backward as a node of its own (create_graph=True), whose backward raises."""
 
     @staticmethod
-    def forward(ctx, coef, x, target, mask, impl, options):
-        ctx.message = impl.double_backward_message
+    def forward(coef, x, target, mask, impl, options):
         return impl.backward(coef, x, target, mask, options)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.message = inputs[4].double_backward_message
 
     @staticmethod
     def backward(ctx, grad):
@@ -60,18 +63,23 @@ class _Backward(torch.autograd.Function):
 
 
 class _StatsSplit(torch.autograd.Function):
-    """The statistics as six outputs (I, P, G, M, E, F)."""
+    """The statistics as six outputs (I, P, G, M, E, F).
+
+    forward and setup_context are separate, so torch.func.grad (functorch) can run it too."""
 
     @staticmethod
-    def forward(ctx, x, target, mask, call):
+    def forward(x, target, mask, call):
         # implementation and options as one tuple: apply() inspects every argument, a cost per argument and call
         impl, options = call
+        return impl.forward(x, target, mask, options).unbind(-1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, target, mask, call = inputs
         ctx.save_for_backward(x, target, mask)
         ctx.call = call
         ctx.set_materialize_grads(False)
-        outs = impl.forward(x, target, mask, options).unbind(-1)
-        ctx.mark_non_differentiable(outs[3])  # the count of valid positions
-        return outs
+        ctx.mark_non_differentiable(output[3])  # the count of valid positions
 
     @staticmethod
     def backward(ctx, *grads):

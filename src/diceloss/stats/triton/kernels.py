@@ -262,10 +262,12 @@ def stats_kernel(
                 nl = -logp
             else:
                 nl = -_clog(p)
+            # a weight of 0 times -log p = inf (a -inf logit masks a class) is 0, as in F.cross_entropy
             if CE:
-                acc_e += tl.sum(tl.where(mel, (g * keep + share) * nl, 0.0), axis=1)
+                gs = g * keep + share
+                acc_e += tl.sum(tl.where(mel & (gs > 0), gs * nl, 0.0), axis=1)
             if FOCAL:
-                acc_f += tl.sum(tl.where(mel, g * _pow(1.0 - p, gamma) * nl, 0.0), axis=1)
+                acc_f += tl.sum(tl.where(mel & (g > 0), g * _pow(1.0 - p, gamma) * nl, 0.0), axis=1)
         else:
             if ACT == ACT_SIGMOID:
                 sp = _log1p(tl.exp(-tl.abs(x)))  # log(1 + exp(-|x|))
@@ -274,8 +276,9 @@ def stats_kernel(
                     bce = tl.maximum(x, 0.0) - x * gs + sp
                     acc_e += tl.sum(tl.where(mel, bce, 0.0), axis=1)
                 if FOCAL:
-                    lp = tl.minimum(x, 0.0) - sp     # log sigmoid(x)
-                    lnp = tl.minimum(-x, 0.0) - sp   # log sigmoid(-x)
+                    # log sigmoid(x), log sigmoid(-x); 0 where their weight is 0 (they are -inf at infinite logits)
+                    lp = tl.where(g > 0, tl.minimum(x, 0.0) - sp, 0.0)
+                    lnp = tl.where(g < 1, tl.minimum(-x, 0.0) - sp, 0.0)
                     fl = -(g * _pow(1.0 - p, gamma) * lp + (1.0 - g) * _pow(p, gamma) * lnp)
                     acc_f += tl.sum(tl.where(mel, fl, 0.0), axis=1)
             else:
@@ -330,7 +333,7 @@ def _chunk_grad(x, p, logp, g, mel, co_ptr, b64, cs, c_ok, C, keep, share, gamma
             omp = 1.0 - p
             # d/dx_k of g_c (1 - p_c)^gamma (-log p_c)
             #   = g_c [gamma (1 - p_c)^(gamma - 1) p_c log p_c - (1 - p_c)^gamma] (delta_ck - p_k)
-            t1 = gamma * _pow_or_zero(omp, gamma - 1.0) * p * logp
+            t1 = gamma * _pow_or_zero(omp, gamma - 1.0) * tl.where(p > 0, p * logp, 0.0)  # p log p -> 0 at p = 0
             w += a_f * g * (t1 - _pow(omp, gamma))
         out = tl.where(mel, w, 0.0)
     elif ACT == ACT_SIGMOID:
@@ -343,8 +346,9 @@ def _chunk_grad(x, p, logp, g, mel, co_ptr, b64, cs, c_ok, C, keep, share, gamma
             lp = tl.minimum(x, 0.0) - sp
             lnp = tl.minimum(-x, 0.0) - sp
             # d/dx of -(g (1-p)^gamma log p + (1-g) p^gamma log(1-p)), with dp/dx = p (1 - p)
-            fl_x = (g * _pow(omp, gamma) * (omp - gamma * p * lp)
-                    + (1.0 - g) * _pow(p, gamma) * (gamma * omp * lnp - p))
+            # p log p and (1 - p) log(1 - p) are 0 where p (or 1 - p) is 0, also at infinite logits
+            fl_x = (g * _pow(omp, gamma) * (omp - gamma * tl.where(p > 0, p * lp, 0.0))
+                    + (1.0 - g) * _pow(p, gamma) * (gamma * tl.where(omp > 0, omp * lnp, 0.0) - p))
             d += -a_f * fl_x
         out = tl.where(mel, d, 0.0)
     else:
