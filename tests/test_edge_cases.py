@@ -230,3 +230,19 @@ def test_vmap_takes_the_reference_backend_or_says_what_to_do():
         torch.testing.assert_close(torch.func.vmap(loss)(x, t), want)
         with pytest.raises(ValueError, match="torch.func.vmap.*backend='reference'"):
             torch.func.vmap(diceloss.DiceLoss(backend="fused"))(x, t)
+
+
+def test_numpy_scalars_in_metrics_and_compat():
+    a = np.zeros((8, 8), int)
+    a[2:5, 2:5] = 1
+    b = np.roll(a, 1, axis=0)
+    from diceloss.metrics import hausdorff_distance
+
+    assert hausdorff_distance(a, b, percentile=np.float32(95)) == hausdorff_distance(a, b, percentile=95.0)
+    from diceloss.compat import monai as cm
+
+    x, t = torch.randn(2, 3, 8, dtype=torch.float64), torch.randint(0, 3, (2, 1, 8))
+    torch.testing.assert_close(
+        cm.DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=np.float32(1e-5))(x, t),
+        cm.DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=float(np.float32(1e-5)))(x, t),
+    )

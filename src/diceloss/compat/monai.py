@@ -46,9 +46,11 @@ Differences that remain (all at float rounding unless stated):
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -221,7 +223,7 @@ def _class_weight(weight) -> Tensor | None:
 
 def _check_smoothing(smooth_nr: float, smooth_dr: float) -> tuple[float, float]:
     for name, v in (("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):  # NumPy scalars are numbers
             raise TypeError(f"{name} must be a number, got {type(v).__name__}")
     return float(smooth_nr), float(smooth_dr)
 

@@ -45,6 +45,7 @@ at the other boundary's voxels. All metrics of a label come from these two dista
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -570,8 +571,9 @@ def hausdorff_distance(
         array(4.)
     """
     if percentile is not None:
-        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
+        if isinstance(percentile, (bool, np.bool_)) or not isinstance(percentile, numbers.Real):
             raise TypeError(f"percentile must be a number or None, got {type(percentile).__name__}")
+        percentile = float(percentile)  # NumPy scalars (np.float32(95)) too
         if not 0 <= percentile <= 100:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
     return _per_label("_hdp", pred, target, labels=labels, spacing=spacing, percentile=percentile,
