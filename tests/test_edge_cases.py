@@ -246,3 +246,22 @@ def test_numpy_scalars_in_metrics_and_compat():
         cm.DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=np.float32(1e-5))(x, t),
         cm.DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=float(np.float32(1e-5)))(x, t),
     )
+
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("x_dtype", DTYPES)
+@pytest.mark.parametrize("t_dtype", DTYPES + [torch.bool])
+def test_fused_agrees_with_the_reference_for_every_input_target_dtype_pair(x_dtype, t_dtype):
+    """The statistics of the kernel path equal the reference's to the rounding of the accumulation dtype (float32,
+    or float64 for float64 input) whatever the dtypes of the logits and of the dense target."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 2048, generator=g).to(x_dtype)
+    soft = torch.rand(2, 3, 2048, generator=g, dtype=torch.float64)
+    t = (soft > 0.5) if t_dtype == torch.bool else soft.to(t_dtype)
+    fused = diceloss.compute_stats(x, t, mode="multilabel", cross_entropy=True, backend="fused")
+    ref = diceloss.compute_stats(x, t, mode="multilabel", cross_entropy=True, backend="reference")
+    tol = dict(rtol=1e-10, atol=1e-8) if x_dtype == torch.float64 else dict(rtol=2e-6, atol=1e-4)
+    for a, b in zip(fused[:3] + fused[4:5], ref[:3] + ref[4:5]):
+        torch.testing.assert_close(a, b, **tol)
