@@ -21,6 +21,11 @@ found) or "zero". The rule is the same everywhere; the defaults differ by family
   one asked for on purpose, and "one" is what evaluation tables (nnU-Net, MONAI's ``ignore_empty=False``)
   report for it. Distances of a both-empty label are NaN under every policy (there is no surface).
 
+**Ignored class.** An ``ignore_index`` that names a class is dropped everywhere, as the losses drop it
+from K: its positions are skipped, the class is not scored and not in any mean; ``dice_score`` /
+``iou_score`` with ``reduction="none"`` and ``DiceMetric.compute(reduction="none")`` leave its column
+out, ``segmentation_metrics`` leaves its key out.
+
 Example:
     >>> import torch
     >>> pred, gt = torch.tensor([[0, 1, 1, 2]]), torch.tensor([[0, 1, 2, 2]])
