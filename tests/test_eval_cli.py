@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -211,3 +212,140 @@ def test_ambiguous_names_fail_that_case(tmp_path, capsys):
     assert code == 1
     assert "dup: failed: several prediction files for one case: dup.npy, dup.npz" in err
     assert "scored 1 of 2 case(s)" in out
+
+
+# ---- issue 15: outputs checked first, unreadable ground truth, NIfTI geometry, a dead worker -------------
+
+def _case_folders(tmp_path, n=2):
+    p, g = tmp_path / "p", tmp_path / "g"
+    p.mkdir()
+    g.mkdir()
+    for k in range(n):
+        np.save(g / f"c{k}.npy", labels3d())
+        np.save(p / f"c{k}.npy", np.roll(labels3d(), k, axis=1))
+    return p, g
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--json"])
+@pytest.mark.parametrize("where", ["missing_dir", "a_folder"])
+def test_unwritable_output_is_refused_before_scoring(tmp_path, capsys, monkeypatch, flag, where):
+    from diceloss.cli import eval as ev
+
+    p, g = _case_folders(tmp_path)
+    bad = tmp_path / "no" / "such" / "out.x" if where == "missing_dir" else g
+    other = "--json" if flag == "--csv" else "--csv"
+    ok = tmp_path / "ok.out"
+    scored = []
+    monkeypatch.setattr(ev, "run_cases", lambda *a, **k: scored.append(1) or [])
+    code, out, err = run(capsys, p, g, flag, bad, other, ok)
+    assert code == 2, (out, err)
+    assert f"{flag}: " in err and str(bad) in err and "Traceback" not in err
+    assert not scored and not ok.exists()  # nothing scored, nothing half-written
+
+
+def test_same_path_for_csv_and_json_is_refused(tmp_path, capsys):
+    p, g = _case_folders(tmp_path)
+    code, out, err = run(capsys, p, g, "--csv", tmp_path / "o", "--json", tmp_path / "o")
+    assert code == 2 and "--csv and --json" in err
+
+
+def test_unreadable_ground_truth_entries_are_failed_cases(tmp_path, capsys):
+    p, g = _case_folders(tmp_path, 1)
+    os.symlink(tmp_path / "nowhere.npy", g / "broken.npy")  # a broken symlink
+    (g / "folder.nii.gz").mkdir()  # a folder named like a case
+    os.symlink(g / "loop.npy", g / "loop.npy")  # a symlink loop
+    for name in ("broken", "folder", "loop"):
+        np.save(p / f"{name}.npy", labels3d())
+    code, out, err = run(capsys, p, g)
+    assert code == 1, (out, err)
+    assert "scored 1 of 4 case(s)" in out
+    assert "broken: failed: ground truth" in err and "broken symlink" in err
+    assert "folder: failed: ground truth" in err and "a folder, not a file" in err
+    assert "loop: failed: ground truth" in err
+    assert "without ground truth" not in err
+
+
+def _nifti(path, arr, affine):
+    nib = pytest.importorskip("nibabel")
+    nib.save(nib.Nifti1Image(arr, affine), path)
+
+
+def test_nifti_orientation_or_origin_mismatch_is_refused(tmp_path, capsys):
+    pytest.importorskip("nibabel")
+    g = np.zeros((12, 12, 10), np.uint8)
+    g[3:8, 3:8, 2:7] = 1
+    g[8:11, 1:4, 1:4] = 2
+    aff = np.diag([0.8, 0.8, 3.0, 1.0])
+    flip = aff.copy()
+    flip[0, 0] = -0.8
+    flip[0, 3] = 0.8 * 11
+    shifted = aff.copy()
+    shifted[:3, 3] = (5.0, 0.0, 0.0)
+    p_dir, g_dir = tmp_path / "p", tmp_path / "g"
+    p_dir.mkdir()
+    g_dir.mkdir()
+    for name, arr, a in (("same", g, aff), ("flipped", g[::-1].copy(), flip), ("moved", g, shifted)):
+        _nifti(g_dir / f"{name}.nii.gz", g, aff)
+        _nifti(p_dir / f"{name}.nii.gz", arr, a)
+    code, out, err = run(capsys, p_dir, g_dir, "--metrics", "dice")
+    assert code == 1, (out, err)
+    assert "scored 1 of 3 case(s)" in out
+    line = next(x for x in err.splitlines() if x.startswith("flipped: failed:"))
+    assert "orientation" in line and "('L', 'A', 'S')" in line and "('R', 'A', 'S')" in line
+    line = next(x for x in err.splitlines() if x.startswith("moved: failed:"))
+    assert "origin" in line and "(5.0, 0.0, 0.0)" in line and "(0.0, 0.0, 0.0)" in line
+
+
+def test_4d_nifti_is_refused(tmp_path, capsys):
+    pytest.importorskip("nibabel")
+    from diceloss.io import ReadError, read_label_map
+
+    vol = np.zeros((12, 12, 10, 2), np.uint8)
+    vol[3:8, 3:8, 2:7] = 1
+    _nifti(tmp_path / "v.nii.gz", vol, np.diag([0.8, 0.8, 3.0, 1.0]))
+    with pytest.raises(ReadError, match=r"expected a 2D or 3D label map, got 4D \(12, 12, 10, 2\)"):
+        read_label_map(tmp_path / "v.nii.gz")
+    code, out, err = run(capsys, tmp_path / "v.nii.gz", tmp_path / "v.nii.gz")
+    assert code == 1 and "v: failed:" in err and "got 4D" in err
+
+
+def _die_on_c2(case, opts):
+    import signal
+
+    from diceloss.cli import eval as ev
+
+    if case.name == "c2":
+        os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+    time.sleep(0.2)  # the others are still running or queued when c2 dies
+    return ev._real_evaluate_case(case, opts)
+
+
+def test_a_dead_worker_fails_only_its_case(tmp_path, capsys, monkeypatch):
+    from diceloss.cli import eval as ev
+
+    if "fork" not in __import__("multiprocessing").get_all_start_methods():
+        pytest.skip("needs fork: the patched function must reach the workers")
+    p, g = _case_folders(tmp_path, 8)
+    monkeypatch.setattr(ev, "_real_evaluate_case", ev.evaluate_case, raising=False)
+    monkeypatch.setattr(ev, "evaluate_case", _die_on_c2)
+    code, out, err = run(capsys, p, g, "--jobs", "3", "--metrics", "dice")
+    assert code == 1, (out, err)
+    assert "scored 7 of 8 case(s)" in out
+    failed = out.split("1 case(s) failed:")[1].strip().splitlines()
+    assert len(failed) == 1 and failed[0].strip().startswith("c2: worker process died")
+    assert "SIGKILL" in failed[0]
+
+
+def test_a_failed_write_keeps_the_other_output(tmp_path, capsys, monkeypatch):
+    from diceloss.cli import eval as ev
+
+    p, g = _case_folders(tmp_path)
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ev, "write_csv", full_disk)
+    js = tmp_path / "o.json"
+    code, out, err = run(capsys, p, g, "--csv", tmp_path / "o.csv", "--json", js)
+    assert code == 1 and "--csv: could not write" in err and "No space left" in err
+    assert len(json.loads(js.read_text())["cases"]) == 2

@@ -327,3 +327,75 @@ def test_bad_input():
         segmentation_metrics(a, a, backend="cuda")
     with pytest.raises(ValueError, match="repeat"):
         segmentation_metrics(a, a, labels=[1, 1])
+
+
+# ---- NSD at a tolerance equal to a distance (issue 15) ---------------------------------------------------
+
+TIES = [  # (shift, axis, spacing, tolerance): every boundary distance is 0 or exactly the tolerance
+    (2, 1, (1.0, 0.6), 1.2),  # torch: 5*0.6 - 3*0.6 = 1.2000000000000002 > 1.2
+    (2, 0, (0.6, 1.0), 1.2),
+    (3, 1, (1.0, 0.8), 2.4),  # SciPy: 3*0.8 = 2.4000000000000004 > 2.4
+    (3, 0, (0.8, 1.0), 2.4),
+    (1, 1, (1.0, 0.1), 0.1),
+    (7, 1, (1.0, 0.1), 0.7),
+]
+
+
+def _shifted_box(shift, axis):
+    gt = np.zeros((20, 24), dtype=np.uint8)
+    gt[4:10, 4:11] = 1
+    return np.roll(gt, shift, axis=axis), gt
+
+
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("shift,axis,spacing,tol", TIES)
+def test_nsd_counts_a_distance_equal_to_the_tolerance(backend, shift, axis, spacing, tol):
+    pred, gt = _shifted_box(shift, axis)
+    got = surface_dice(pred, gt, tolerance=tol, spacing=spacing, backend=backend)
+    assert got.tolist() == [1.0], f"expected NSD 1.0 (every distance <= {tol}), got {got.tolist()}"
+    # one rounding step smaller still leaves out the voxels at the tolerance
+    below = surface_dice(pred, gt, tolerance=tol * 0.999, spacing=spacing, backend=backend)
+    assert below[0] < 1.0
+    d3 = np.repeat(pred[..., None], 3, axis=-1), np.repeat(gt[..., None], 3, axis=-1)
+    got3 = surface_dice(*d3, tolerance=tol, spacing=(*spacing, 2.5), backend=backend)
+    assert got3.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("shift,axis,spacing,tol", TIES)
+def test_nsd_ties_agree_with_monai(shift, axis, spacing, tol):
+    mm = pytest.importorskip("monai.metrics")
+    import torch.nn.functional as F
+
+    pred, gt = _shifted_box(shift, axis)
+
+    def onehot(a):
+        return F.one_hot(torch.from_numpy(a).long(), 2).movedim(-1, 0)[None].float()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = float(mm.compute_surface_dice(onehot(pred), onehot(gt), [tol], spacing=spacing)[0, 0])
+    for backend in ("scipy", "torch"):
+        ours = float(surface_dice(pred, gt, tolerance=tol, spacing=spacing, backend=backend)[0])
+        assert ours == pytest.approx(ref, abs=1e-6), (backend, ours, ref)
+
+
+def test_one_empty_hd95_vs_monai_as_the_readme_says():
+    # MONAI 1.6.1: a label in one map only gives hd = assd = inf but hd95 = NaN (any percentile; MONAI #9095)
+    mm = pytest.importorskip("monai.metrics")
+    empty, box = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    box[..., 2:5, 2:5] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert math.isinf(float(mm.compute_hausdorff_distance(empty, box)))
+        assert math.isnan(float(mm.compute_hausdorff_distance(empty, box, percentile=95)))
+        assert math.isinf(float(mm.compute_average_surface_distance(empty, box, symmetric=True)))
+    ours = segmentation_metrics(np.zeros((8, 8), np.uint8), box[0, 0].numpy().astype(np.uint8), metrics=ALL)
+    assert ours[1]["hd95"] == math.inf and ours[1]["hd"] == math.inf
+    nan = segmentation_metrics(np.zeros((8, 8), np.uint8), box[0, 0].numpy().astype(np.uint8), metrics=ALL,
+                               empty_distance="nan")
+    assert math.isnan(nan[1]["hd95"])
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    assert "(default, as MONAI)" not in readme  # MONAI gives NaN there, not inf
+    assert "MONAI #9095" in readme

@@ -10,6 +10,7 @@ one line naming the file.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,10 +26,12 @@ class ReadError(ValueError):
 
 @dataclass
 class LabelImage:
-    """A label map and its voxel spacing (None when the format does not carry one)."""
+    """A label map, its voxel spacing and, for NIfTI, its voxel-to-world affine (None when the format
+    does not carry one)."""
 
     array: np.ndarray
     spacing: tuple[float, ...] | None = None
+    affine: np.ndarray | None = None
 
 
 def split_extension(name: str, extensions: Sequence[str] = EXTENSIONS) -> tuple[str, str]:
@@ -65,6 +68,41 @@ def index_folder(
         if ext and not entry.startswith(".") and os.path.isfile(path):
             found.setdefault(stem, []).append(path)
     return {k: v[0] for k, v in found.items() if len(v) == 1}, {k: v for k, v in found.items() if len(v) > 1}
+
+
+def unreadable_entries(folder: str | os.PathLike, extensions: Sequence[str] = EXTENSIONS) -> dict[str, str]:
+    """The entries of ``folder`` named like a label map (an extension in ``extensions``, not hidden) that
+    :func:`index_folder` leaves out because they are not readable files: ``{name: reason}`` for a broken
+    symlink, a symlink loop, a folder or another non-file.
+
+    Example:
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp(); os.mkdir(os.path.join(d, "case.nii.gz"))
+        >>> unreadable_entries(d)
+        {'case': 'case.nii.gz is a folder, not a file'}
+    """
+    folder = os.fspath(folder)
+    out: dict[str, str] = {}
+    for entry in sorted(os.listdir(folder)):
+        stem, ext = split_extension(entry, extensions)
+        path = os.path.join(folder, entry)
+        if not ext or entry.startswith(".") or os.path.isfile(path):
+            continue
+        if os.path.islink(path):
+            try:
+                os.stat(path)
+                why = "a symlink to something that is not a file"
+            except OSError as err:
+                loop = err.errno == errno.ELOOP
+                why = "a symlink loop" if loop else f"a broken symlink (to {os.readlink(path)!r})"
+            if os.path.isdir(path):
+                why = "a symlink to a folder, not a file"
+        elif os.path.isdir(path):
+            why = "a folder, not a file"
+        else:
+            why = "not a regular file"
+        out[stem] = f"{entry} is {why}"
+    return out
 
 
 def _reason(err: BaseException) -> str:
@@ -166,9 +204,14 @@ def _read_nifti(path: str, ext: str) -> LabelImage:
     except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, zlib errors, ...
         raise ReadError(f"{path}: not a readable NIfTI file ({_reason(err)})") from err
     # trailing singleton axes (a 4D file with one volume) carry no labels
+    shape = tuple(int(n) for n in arr.shape)
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    return LabelImage(np.asarray(arr), zooms[: arr.ndim])
+    if arr.ndim > 3:  # a time series or several volumes: its 4th "spacing" is a time step, not a distance
+        raise ReadError(f"{path}: expected a 2D or 3D label map, got {len(shape)}D {shape} "
+                        "(several volumes; split them into one file each)")
+    affine = np.asarray(img.affine, dtype=np.float64) if getattr(img, "affine", None) is not None else None
+    return LabelImage(np.asarray(arr), zooms[: arr.ndim], affine)
 
 
 def read_label_map(path: str | os.PathLike, *, key: str | None = None) -> LabelImage:
@@ -223,4 +266,5 @@ def _read(path: str | os.PathLike, key: str | None, *, colour: bool) -> LabelIma
     return img
 
 
-__all__ = ["EXTENSIONS", "LabelImage", "ReadError", "index_folder", "read_image", "read_label_map", "split_extension"]
+__all__ = ["EXTENSIONS", "LabelImage", "ReadError", "index_folder", "read_image", "read_label_map", "split_extension",
+           "unreadable_entries"]

@@ -4,8 +4,11 @@ PRED and GT are two files, or two folders whose files are matched by name withou
 (``case_01.nii.gz`` in one matches ``case_01.npy`` in the other). Every case gets the metrics of
 :mod:`diceloss.metrics.surface` per label; the terminal shows a summary per label (mean, std, median and the
 number of cases with a value); ``--csv`` / ``--json`` write every case. A case that cannot be read,
-whose shapes differ, or that has no prediction fails with a one-line reason, the others still run,
-and the exit code is 1 (0 when every case was scored; 2 for bad arguments).
+whose shapes differ, whose NIfTI orientation or origin differ, or that has no prediction fails with a
+one-line reason, as does a ground-truth name that is a broken symlink or a folder, or a case whose worker
+process dies (``--jobs``); the others still run, and the exit code is 1 (0 when every case was scored; 2
+for bad arguments, among them a ``--csv`` / ``--json`` path that cannot be written, checked before
+scoring). A 4D NIfTI (several volumes) is refused.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing import connection as mp_connection
 
 import numpy as np
 
@@ -31,9 +37,10 @@ Score predicted label maps against ground truth, per case and label: dice, iou, 
 avd, rvd, hd, hd95, assd, nsd (distances in the units of the voxel spacing).
 
 PRED and GT are two files or two folders; folder files are matched by name without the extension.
-Formats: .npy, .npz, .png, .tif, .nii, .nii.gz. A case that cannot be read, whose shapes differ, or
-that has no prediction fails with a one-line reason; the others still run. Exit code: 0 when every
-case was scored, 1 when some failed, 2 for bad arguments."""
+Formats: .npy, .npz, .png, .tif, .nii, .nii.gz (2D or 3D). A case that cannot be read (a broken
+symlink, a folder), whose shapes or NIfTI orientation / origin differ, that has no prediction, or whose
+worker process dies fails with a one-line reason; the others still run. Exit code: 0 when every case
+was scored, 1 when some failed, 2 for bad arguments (output paths are checked before scoring)."""
 
 EPILOG = """\
 empty masks (--empty, --empty-distance):
@@ -94,6 +101,22 @@ def _parse_metrics(text: str) -> tuple[str, ...]:
     return names
 
 
+def _check_output(flag: str, path: str | None) -> None:
+    """Refuse an output file that cannot be written, before any case is scored."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"{flag}: expected a file to write, got the folder {path!r}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag}: expected a file in an existing folder, got {path!r} "
+                         f"({parent!r} does not exist)")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag}: expected a writable file, got {path!r} (not writable)")
+    if not os.path.exists(path) and not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: expected a file in a writable folder, got {path!r} ({parent!r} is not writable)")
+
+
 @dataclass
 class Case:
     name: str
@@ -126,17 +149,25 @@ def find_cases(pred: str, gt: str) -> tuple[list[Case], list[str], dict[str, str
     preds, pred_dupes = dio.index_folder(pred)
     gts, gt_dupes = dio.index_folder(gt)
     errors: dict[str, str] = {}
+    # a ground-truth name that is a broken symlink, a loop or a folder is a case that failed, not no case
+    bad_gts = {k: v for k, v in dio.unreadable_entries(gt).items() if k not in gts and k not in gt_dupes}
+    bad_preds = dio.unreadable_entries(pred)
+    for stem, why in bad_gts.items():
+        errors[stem] = f"ground truth {why} (in {gt})"
     for kind, dupes in (("prediction", pred_dupes), ("ground truth", gt_dupes)):
         for stem, paths in dupes.items():
             listed = ", ".join(os.path.basename(p) for p in paths)
             errors[stem] = f"several {kind} files for one case: {listed}"
-    names = sorted(set(gts) | set(gt_dupes))
+    names = sorted(set(gts) | set(gt_dupes) | set(bad_gts))
     cases = []
     for stem in names:
         if stem not in errors and stem not in preds and stem not in pred_dupes:
-            errors[stem] = f"no prediction: no file named {stem}.* in {pred}"
+            if stem in bad_preds:
+                errors[stem] = f"prediction {bad_preds[stem]} (in {pred})"
+            else:
+                errors[stem] = f"no prediction: no file named {stem}.* in {pred}"
         cases.append(Case(stem, preds.get(stem), gts.get(stem)))
-    no_gt = (set(preds) | set(pred_dupes)) - set(gts) - set(gt_dupes)
+    no_gt = (set(preds) | set(pred_dupes)) - set(names)
     extra = sorted(os.path.basename(f) for s in no_gt for f in ([preds[s]] if s in preds else pred_dupes[s]))
     if not names and not extra:
         raise UsageError(f"no label maps ({', '.join(dio.EXTENSIONS)}) in {gt!r} or {pred!r}")
@@ -146,6 +177,40 @@ def find_cases(pred: str, gt: str) -> tuple[list[Case], list[str], dict[str, str
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if isinstance(err, (dio.ReadError, ValueError)) else f"{type(err).__name__}: {text}"
+
+
+def _axcodes(direction: np.ndarray) -> tuple[str, ...]:
+    """('R', 'A', 'S')-style codes of the voxel axes (the world direction each axis mostly points to)."""
+    codes = []
+    for col in direction.T:
+        k = int(np.argmax(np.abs(col)))
+        codes.append(("L", "P", "I")[k] if col[k] < 0 else ("R", "A", "S")[k])
+    return tuple(codes)
+
+
+def _check_geometry(pred: dio.LabelImage, gt: dio.LabelImage) -> None:
+    """Refuse two NIfTI maps whose voxel grids do not lie on one another in world space: a different axis
+    orientation (one axis stored flipped) or origin. Spacing differences are left to the spacing check."""
+    if pred.affine is None or gt.affine is None:
+        return
+    a, b = np.asarray(pred.affine, np.float64), np.asarray(gt.affine, np.float64)
+    zoom_a = np.linalg.norm(a[:3, :3], axis=0)
+    zoom_b = np.linalg.norm(b[:3, :3], axis=0)
+    dir_a = a[:3, :3] / np.where(zoom_a > 0, zoom_a, 1.0)
+    dir_b = b[:3, :3] / np.where(zoom_b > 0, zoom_b, 1.0)
+    if not np.allclose(dir_a, dir_b, atol=1e-3):
+        raise ValueError(
+            f"orientation differs: prediction axes {_axcodes(dir_a)} vs ground truth {_axcodes(dir_b)} "
+            f"(NIfTI affines); resample or reorient the prediction onto the ground truth's grid"
+        )
+    tol = 1e-2 * float(min(zoom_b[zoom_b > 0], default=1.0))  # a hundredth of a voxel
+    if np.abs(a[:3, 3] - b[:3, 3]).max() > tol:
+        oa = tuple(round(float(v), 4) for v in a[:3, 3])
+        ob = tuple(round(float(v), 4) for v in b[:3, 3])
+        raise ValueError(
+            f"origin differs: prediction {oa} vs ground truth {ob} (NIfTI affines); "
+            f"resample the prediction onto the ground truth's grid"
+        )
 
 
 def evaluate_case(case: Case, opts: dict) -> CaseResult:
@@ -158,6 +223,7 @@ def evaluate_case(case: Case, opts: dict) -> CaseResult:
             shapes = f"prediction {tuple(pred.array.shape)} vs ground truth {tuple(gt.array.shape)}"
             raise ValueError(f"shape mismatch: {shapes}")
         res.shape = tuple(int(n) for n in gt.array.shape)
+        _check_geometry(pred, gt)
         ndim = gt.array.ndim
         spacing = opts["spacing"] or gt.spacing or pred.spacing or (1.0,) * ndim
         if len(spacing) == 1:
@@ -209,6 +275,50 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _isolated_worker(case: Case, opts: dict, conn) -> None:
+    _init_worker()
+    try:
+        conn.send(evaluate_case(case, opts))
+    finally:
+        conn.close()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}{' (out of memory?)' if name == 'SIGKILL' else ''}"
+    return f"exit code {exitcode}"
+
+
+def run_isolated(cases: list[Case], opts: dict, workers: int, ctx, done) -> None:
+    """Score ``cases`` in one process each, ``workers`` at a time; a process that dies fails only its case."""
+    pending = list(cases)
+    running: dict = {}  # connection -> (process, case)
+    while pending or running:
+        while pending and len(running) < workers:
+            case = pending.pop(0)
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_isolated_worker, args=(case, opts, send), daemon=True)
+            proc.start()
+            send.close()
+            running[recv] = (proc, case)
+        for conn in mp_connection.wait(list(running)):
+            proc, case = running.pop(conn)
+            try:
+                res = conn.recv()
+            except (EOFError, OSError):  # the process died before it sent its result
+                res = None
+            conn.close()
+            proc.join()
+            if res is None:
+                why = _death(proc.exitcode)
+                res = CaseResult(case.name, case.pred, case.gt, error=f"worker process died ({why}) while scoring it")
+            done(res)
+
+
 def run_cases(cases: list[Case], opts: dict, jobs: int, progress: bool) -> list[CaseResult]:
     bar = _progress(len(cases), progress)
     results: dict[str, CaseResult] = {}
@@ -231,14 +341,19 @@ def run_cases(cases: list[Case], opts: dict, jobs: int, progress: bool) -> list[
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
         workers = min(jobs, len(todo))
+        broken: list[Case] = []
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
             futures = {pool.submit(evaluate_case, case, opts): case for case in todo}
             for fut in as_completed(futures):
                 case = futures[fut]
                 try:
                     done(fut.result())
-                except Exception as err:  # a worker that died (e.g. out of memory)
+                except BrokenProcessPool:  # a worker died (e.g. out of memory): the pool fails every case left
+                    broken.append(case)
+                except Exception as err:
                     done(CaseResult(case.name, case.pred, case.gt, error=f"worker failed: {_one_line(err)}"))
+        # rerun those in a process each, so that the one that kills its worker is named and the others scored
+        run_isolated([c for c in todo if c in broken], opts, workers, ctx, done)
     else:
         for case in todo:
             done(evaluate_case(case, opts))
@@ -361,6 +476,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--jobs: expected a number >= 1, got {args.jobs}")
         if opts["labels"] and opts["ignore_index"] in opts["labels"]:
             raise UsageError(f"--labels must not contain --ignore-index {opts['ignore_index']}")
+        _check_output("--csv", args.csv)
+        _check_output("--json", args.json)
+        if args.csv and args.json and os.path.realpath(args.csv) == os.path.realpath(args.json):
+            raise UsageError(f"--csv and --json: expected two files, got {args.csv!r} for both")
         cases, unmatched, known = find_cases(args.pred, args.gt)
     except UsageError as err:
         print(f"diceloss eval: error: {err}", file=sys.stderr)
@@ -377,16 +496,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"scored {n_ok} of {len(results)} case(s); labels {', '.join(map(str, labels)) or 'none'}")
     if summary:
         print(format_table(summary))
-    if args.csv:
-        write_csv(args.csv, results, opts["metrics"])
-    if args.json:
-        write_json(args.json, results, summary, unmatched, opts, args)
+    # checked before scoring; a write can still fail (disk full): each output on its own, a one-line reason
+    unwritten = []
+    for flag, path, write in (("--csv", args.csv, lambda: write_csv(args.csv, results, opts["metrics"])),
+                              ("--json", args.json,
+                               lambda: write_json(args.json, results, summary, unmatched, opts, args))):
+        if path:
+            try:
+                write()
+            except OSError as err:
+                unwritten.append(path)
+                print(f"diceloss eval: error: {flag}: could not write {path!r} ({_one_line(err)})", file=sys.stderr)
     if failed:
         print(f"{len(failed)} case(s) failed:")
         for r in failed:
             print(f"  {r.name}: {r.error}")
         return 1
-    return 0
+    return 1 if unwritten else 0
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -17,7 +17,8 @@ boundary B, and D' = {d(x, dY) : x in dY'}, D = {d(x, dY') : x in dY}:
     hd    = max(max D', max D)                          (Hausdorff distance)
     hd95  = max(q95(D'), q95(D))                        (q: linear-interpolated quantile, as torch.quantile)
     assd  = (sum D' + sum D) / (|D'| + |D|)             (average symmetric surface distance)
-    nsd   = (|{d in D' : d <= tau}| + |{d in D : d <= tau}|) / (|D'| + |D|)   (normalized surface dice)
+    nsd   = (|{d in D' : d <= tau}| + |{d in D : d <= tau}|) / (|D'| + |D|)   (normalized surface dice;
+            d <= tau up to a relative 8 ulps, so a distance of exactly tau counts: 3 * 0.8 <= 2.4)
 
 These are the definitions of MONAI 1.6 ``compute_hausdorff_distance(percentile=...)`` (each direction's
 percentile, then the larger), ``compute_average_surface_distance(symmetric=True)`` and
@@ -30,9 +31,10 @@ Empty masks (a documented, configurable policy; ``empty`` takes the values of
   ``empty`` ("one" -> 1, the default; "zero" -> 0; "nan" -> NaN); avd and rvd are 0 (NaN under
   "nan"); hd, hd95 and assd are NaN (there is no surface to measure; NaN is left out of the means).
 * one empty: Dice = IoU = NSD = 0; precision (empty prediction) or recall and rvd (empty reference)
-  are NaN (0/0, undefined); hd, hd95 and assd follow ``empty_distance``: "inf" (the default, as MONAI),
+  are NaN (0/0, undefined); hd, hd95 and assd follow ``empty_distance``: "inf" (the default),
   "nan" (left out of the means) or "diagonal" (the image diagonal in physical units,
-  sqrt(sum(((n_i - 1) * spacing_i)^2)), a finite worst case).
+  sqrt(sum(((n_i - 1) * spacing_i)^2)), a finite worst case). MONAI 1.6.1 gives inf for hd and assd
+  but NaN for hd95 (NaN whenever a ``percentile`` is set, MONAI #9095).
 
 How: one counting pass (``bincount``) over the volume for the overlap counts and one for the bounding
 boxes of every label (``scipy.ndimage.find_objects``); then, per label, only the box around
@@ -166,8 +168,9 @@ def _edt_torch_impl(sites: np.ndarray, spacing: tuple[float, ...], device: str) 
         g = f.movedim(ax, -1)
         shape = g.shape
         g = g.reshape(-1, L)
-        pos = torch.arange(L, dtype=torch.float64, device=f.device) * s
-        sq = (pos[:, None] - pos[None, :]) ** 2  # [x', x]
+        # integer offsets times the spacing, as SciPy does: (5 - 3) * 0.6 is 1.2, 5 * 0.6 - 3 * 0.6 is not
+        idx = torch.arange(L, dtype=torch.float64, device=f.device)
+        sq = ((idx[:, None] - idx[None, :]) * s) ** 2  # [x', x]
         out = torch.empty_like(g)
         step = max(1, (1 << 18) // (L * L))  # 2 MB temporaries: in cache, several times faster than 32 MB
         for i in range(0, g.shape[0], step):
@@ -368,6 +371,9 @@ def label_surfaces(
     return results
 
 
+_TIE_SLACK = 8 * float(np.finfo(np.float64).eps)  # relative; distances and tolerances are sums of a few products
+
+
 def _metric(
     name: str,
     r: LabelSurface,
@@ -406,7 +412,10 @@ def _metric(
         return {"inf": math.inf, "nan": math.nan, "diagonal": diagonal}[empty_distance]
     dp, dt = r.d_pred, r.d_target
     if name == "nsd":
-        within = np.count_nonzero(dp <= tolerance) + np.count_nonzero(dt <= tolerance)
+        # a distance equal to the tolerance counts, also when it is a rounding step above it (3 * 0.8 is
+        # 2.4000000000000004, not the 2.4 a user types): a relative slack of a few ulps
+        tol = tolerance * (1.0 + _TIE_SLACK)
+        within = np.count_nonzero(dp <= tol) + np.count_nonzero(dt <= tol)
         return float(within / (dp.size + dt.size))
     if name == "assd":
         return float((dp.sum() + dt.sum()) / (dp.size + dt.size))
