@@ -24,6 +24,12 @@ $(VENV)/.test: $(VENV)/.torch pyproject.toml Makefile
 	rm -rf $(VENV)/peer-src && mkdir -p $(VENV)/peer-src
 	$(PIP) download --no-deps --no-binary :all: segmentation-models-pytorch==0.6.0 -d $(VENV)/peer-src
 	tar -xzf $(VENV)/peer-src/segmentation_models_pytorch-0.6.0.tar.gz -C $(VENV)/peer-src
+	# Debian's chromium opens the eval report in tests/test_report.py (skipped without it); never fails the set-up
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+				echo "chromium: apt-get install failed; tests/test_report.py's browser test will skip"; \
+		else echo "chromium: not installed (needs root and apt-get); tests/test_report.py's browser test will skip"; fi; }
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test

@@ -11,8 +11,16 @@ prediction moves and rescales each by a few voxels. Timed on the same label maps
 * MONAI ``compute_hausdorff_distance(percentile=95)`` + ``compute_surface_dice`` on the one-hot
   tensors they need (building those is timed apart and not counted).
 
-The values are compared too (max |difference| of HD95 and NSD). Prints a table and the ratio, and
-writes JSON. The numbers are wall-clock on whatever CPU runs this: compare ratios from one run.
+* eval's default metrics (``DEFAULT_METRICS``) once per surface-distance definition: ``surface`` "voxel" /
+  "surfel" x ``percentile`` "directed" / "pooled";
+* DeepMind ``surface-distance`` (``compute_surface_distances`` per label, then ``compute_robust_hausdorff(95)``,
+  ``compute_average_surface_distance``, ``compute_surface_dice_at_tolerance``), the peer of "surfel", at
+  ``--deepmind-size`` (default: the same size) and medpy ``hd95`` + ``assd`` per label, the peer of "pooled"
+  (``--no-medpy`` to skip: it transforms the whole volume per label).
+
+The values are compared too (max |difference| of HD95 and NSD; of each peer's metrics against its
+definition). Prints a table and the ratio, and writes JSON. The numbers are wall-clock on whatever CPU
+runs this: compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import warnings
 import numpy as np
 import torch
 
-from diceloss.metrics.surface import DEFAULT_METRICS, segmentation_metrics
+from diceloss.metrics.surface import DEFAULT_METRICS, PERCENTILES, SURFACES, segmentation_metrics
 
 TOLERANCE = 1.0
 
@@ -61,6 +69,78 @@ def timed(fn, repeat: int):
     return statistics.median(times), min(times), result
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def definitions(args, pred, gt, labels, rows, doc) -> None:
+    """eval's default metrics per definition, and the peers of the non-MONAI ones on the same labels."""
+    ours = {}
+    for surf in SURFACES:
+        for perc in PERCENTILES:
+            med, best, ours[surf, perc] = timed(
+                lambda s=surf, p=perc: segmentation_metrics(pred, gt, labels=labels, metrics=DEFAULT_METRICS,
+                                                            tolerance=TOLERANCE, surface=s, percentile=p),
+                args.repeat)
+            rows.append({"name": f"diceloss eval metrics {surf}/{perc}", "median_s": med, "min_s": best})
+    diffs = doc.setdefault("max_abs_diff_vs_peer", {})
+    if not args.no_deepmind:
+        try:
+            import surface_distance as sd
+        except ImportError as err:
+            print(f"DeepMind not timed ({err})")
+        else:
+            size = args.deepmind_size or args.size
+            if size != args.size:  # DeepMind on a smaller case: diceloss's surfel timed there too
+                p_dm, g_dm = make_case(size, args.labels)
+                med, best, ref_ours = timed(
+                    lambda: segmentation_metrics(p_dm, g_dm, labels=labels, metrics=DEFAULT_METRICS,
+                                                 tolerance=TOLERANCE, surface="surfel"), args.repeat)
+                rows.append({"name": f"diceloss eval metrics surfel/directed at {size}^3", "median_s": med,
+                             "min_s": best})
+            else:
+                p_dm, g_dm, ref_ours = pred, gt, ours["surfel", "directed"]
+
+            def deepmind():
+                out = {}
+                for c in labels:
+                    s = sd.compute_surface_distances(g_dm == c, p_dm == c, (1.0, 1.0, 1.0))
+                    a_gt, a_pred = s["surfel_areas_gt"].sum(), s["surfel_areas_pred"].sum()
+                    to_pred, to_gt = sd.compute_average_surface_distance(s)
+                    out[c] = {"hd95": sd.compute_robust_hausdorff(s, 95),
+                              "assd": (to_pred * a_gt + to_gt * a_pred) / (a_gt + a_pred),
+                              "nsd": sd.compute_surface_dice_at_tolerance(s, TOLERANCE)}
+                return out
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                med, best, ref = timed(deepmind, 1)
+            rows.append({"name": f"DeepMind surface-distance at {size}^3", "median_s": med, "min_s": best})
+            doc["deepmind_size"] = size
+            diffs["DeepMind (surfel/directed)"] = {
+                k: max(abs(ref_ours[c][k] - ref[c][k]) for c in labels) for k in ("hd95", "assd", "nsd")}
+    if not args.no_medpy:
+        try:
+            from medpy.metric import binary as mb
+        except ImportError as err:
+            print(f"medpy not timed ({err})")
+        else:
+            def medpy():
+                return {c: {"hd95": mb.hd95(pred == c, gt == c), "assd": mb.assd(pred == c, gt == c)} for c in labels}
+
+            med, best, ref = timed(medpy, 1)
+            rows.append({"name": "medpy hd95 + assd", "median_s": med, "min_s": best})
+            diffs["medpy (voxel/pooled)"] = {
+                k: max(abs(ours["voxel", "pooled"][c][k] - ref[c][k]) for c in labels) for k in ("hd95", "assd")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=256)
@@ -68,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="repeats of each diceloss timing (MONAI runs once)")
     ap.add_argument("--no-monai", action="store_true")
     ap.add_argument("--no-torch-backend", action="store_true")
+    ap.add_argument("--no-definitions", action="store_true", help="skip the per-definition timings")
+    ap.add_argument("--no-deepmind", action="store_true")
+    ap.add_argument("--deepmind-size", type=int, default=None, help="volume size for DeepMind (default --size)")
+    ap.add_argument("--no-medpy", action="store_true")
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--out", default=os.path.join(here, "results", "eval.json"))
     args = ap.parse_args(argv)
@@ -130,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         doc["max_abs_diff_torch_vs_scipy"] = max(
             abs(ours[c][k] - ours_t[c][k]) for c in labels for k in ("hd95", "nsd")
         )
+    if not args.no_definitions:
+        definitions(args, pred, gt, labels, rows, doc)
     doc["results"] = rows
 
     load = ", ".join(f"{x:.1f}" for x in doc["loadavg_before"])
+    doc["cpu_model"] = _cpu_model()
     print(f"eval benchmark: {args.size}^3 volume, {args.labels} labels, NSD tolerance {TOLERANCE} "
           f"(median of {args.repeat} for diceloss, MONAI once; {os.cpu_count()} CPUs, load average {load})")
     print(f"{'':40}{'seconds':>10}")
@@ -143,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(one-hot for MONAI, not counted: {doc['monai_onehot_s']:.2f} s)")
         d = doc["max_abs_diff_vs_monai"]
         print(f"max |diceloss - MONAI|: hd95 {d['hd95']:.2e}, nsd {d['nsd']:.2e}")
+    for peer, diffs in doc.get("max_abs_diff_vs_peer", {}).items():
+        print(f"max |diceloss - {peer}|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)

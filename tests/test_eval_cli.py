@@ -86,7 +86,8 @@ def test_folders_all_formats_and_failures(folders, tmp_path, capsys):
 
     rows = read_csv(out_csv)
     assert list(rows[0]) == ["case", "label", "dice", "iou", "precision", "recall", "avd", "rvd", "hd95",
-                             "assd", "nsd", "error"]
+                             "assd", "nsd", "error", "definition"]
+    assert rows[0]["definition"] == "surface=voxel percentile=directed"  # the default, MONAI's
     by = {(r["case"], r["label"]): r for r in rows}
     assert {c for c, _ in by} == {"a", "b", "c", "d", "e", "missing", "mismatch", "corrupt"}
     assert by["mismatch", ""]["error"].startswith("shape mismatch")
@@ -349,3 +350,71 @@ def test_a_failed_write_keeps_the_other_output(tmp_path, capsys, monkeypatch):
     code, out, err = run(capsys, p, g, "--csv", tmp_path / "o.csv", "--json", js)
     assert code == 1 and "--csv: could not write" in err and "No space left" in err
     assert len(json.loads(js.read_text())["cases"]) == 2
+
+
+# ---- surface-distance definitions (--surface, --percentile) ---------------------------------------------
+
+def _outlier_case(tmp_path):
+    """A square and the same square plus a far speck: directed and pooled hd95 differ (see
+    test_surface_definitions)."""
+    gt = np.zeros((80, 80), np.uint8)
+    gt[5:45, 5:45] = 1
+    pred = gt.copy()
+    pred[70:74, 70:74] = 1
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "g.npy", gt)
+    return tmp_path / "p.npy", tmp_path / "g.npy", pred, gt
+
+
+@pytest.mark.parametrize("surf,perc", [("voxel", "directed"), ("surfel", "directed"), ("voxel", "pooled"),
+                                       ("surfel", "pooled")])
+def test_surface_and_percentile_options(tmp_path, capsys, surf, perc):
+    p, g, pred, gt = _outlier_case(tmp_path)
+    out_csv, out_json = tmp_path / "s.csv", tmp_path / "s.json"
+    code, out, err = run(capsys, p, g, "--surface", surf, "--percentile", perc, "--metrics", "hd,hd95,assd,nsd",
+                         "--spacing", "0.8,1.2", "--csv", out_csv, "--json", out_json)
+    assert code == 0, err
+    want = segmentation_metrics(pred, gt, metrics=("hd", "hd95", "assd", "nsd"), spacing=(0.8, 1.2),
+                                surface=surf, percentile=perc)[1]
+    name = f"surface={surf} percentile={perc}"
+    assert f"surface distances: {name}" in out
+    (row,) = read_csv(out_csv)
+    assert row["definition"] == name
+    assert {k: float(row[k]) for k in want} == pytest.approx(want)
+    doc = json.loads(out_json.read_text())
+    assert doc["definitions"]["surface"] == surf and doc["definitions"]["percentile"] == perc
+    assert doc["definitions"]["name"].startswith(name)
+    assert doc["options"]["surface"] == surf and doc["options"]["percentile"] == perc
+    assert doc["cases"][0]["metrics"]["1"]["hd95"] == pytest.approx(want["hd95"])
+
+
+def test_default_definition_is_monai_and_printed(tmp_path, capsys):
+    p, g, pred, gt = _outlier_case(tmp_path)
+    js, cs = tmp_path / "s.json", tmp_path / "s.csv"
+    code, out, err = run(capsys, p, g, "--json", js, "--csv", cs)
+    assert code == 0, err
+    assert "surface distances: surface=voxel percentile=directed (MONAI)" in out
+    doc = json.loads(js.read_text())
+    assert doc["definitions"] == {"surface": "voxel", "percentile": "directed",
+                                  "name": "surface=voxel percentile=directed (MONAI)"}
+    assert read_csv(cs)[0]["definition"] == "surface=voxel percentile=directed"  # every row names it
+    assert doc["cases"][0]["metrics"]["1"]["hd95"] > 30
+    # pooled (medpy) drops the speck: 0
+    code, out, err = run(capsys, p, g, "--percentile", "pooled", "--json", js)
+    assert code == 0 and json.loads(js.read_text())["cases"][0]["metrics"]["1"]["hd95"] == 0
+    # overlap metrics only: no definition to print
+    code, out, err = run(capsys, p, g, "--metrics", "dice")
+    assert code == 0 and "surface distances" not in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--surface", "mesh"], "--surface: invalid choice: 'mesh' (choose from voxel, surfel)"),
+    (["--percentile", "95"], "--percentile: invalid choice: '95' (choose from directed, pooled)"),
+])
+def test_bad_definition_options_exit_2(tmp_path, capsys, argv, message):
+    p, g, _, _ = _outlier_case(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--no-progress", str(p), str(g), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message.replace("'", "") in err.replace("'", "")

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import io as dio
 from ..metrics import surface
+from . import report as html_report
 
 DESCRIPTION = """\
 Score predicted label maps against ground truth, per case and label: dice, iou, precision, recall,
@@ -49,8 +50,13 @@ empty masks (--empty, --empty-distance):
   hd, hd95, assd = inf (default), NaN, or the image diagonal ("diagonal"). NaN is left out of the means
   (the n column counts the cases with a value). In the JSON file NaN is null and infinity "inf".
 
+surface-distance definitions (--surface, --percentile; printed, in the JSON "definitions", and in the CSV's
+``definition`` column): voxel + directed is MONAI's (the default), surfel + directed DeepMind
+surface-distance's, voxel + pooled medpy's hd95.
+
 examples:
   diceloss eval preds/ labelsTs/ --csv scores.csv --jobs 4
+  diceloss eval preds/ labelsTs/ --surface surfel --percentile pooled --json scores.json
   diceloss eval pred.nii.gz gt.nii.gz --labels 1-3 --tolerance 2 --metrics dice,hd95,nsd
 """
 
@@ -240,6 +246,7 @@ def evaluate_case(case: Case, opts: dict) -> CaseResult:
             tolerance=opts["tolerance"], ignore_index=opts["ignore_index"],
             include_background=opts["include_background"], empty=opts["empty"],
             empty_distance=opts["empty_distance"], backend=opts["backend"],
+            surface=opts["surface"], percentile=opts["percentile"],
         )
     except Exception as err:  # one bad case must not stop the others
         res.error = _one_line(err)
@@ -422,16 +429,25 @@ def _json_value(x):
     return x
 
 
-def write_csv(path: str, results: list[CaseResult], metrics: tuple[str, ...]) -> None:
+def write_csv(path: str, results: list[CaseResult], metrics: tuple[str, ...], definition: str | None = None) -> None:
+    """One row per case and label; with ``definition`` (the surface-distance definition; eval always passes it)
+    a last column says it on every row."""
+    extra = [definition] if definition else []
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["case", "label", *metrics, "error"])
+        w.writerow(["case", "label", *metrics, "error", *(["definition"] if definition else [])])
         for r in results:
             if r.error is not None:
-                w.writerow([r.name, "", *([""] * len(metrics)), r.error])
+                w.writerow([r.name, "", *([""] * len(metrics)), r.error, *extra])
                 continue
             for c, vals in r.metrics.items():
-                w.writerow([r.name, c, *(repr(float(vals[m])) for m in metrics), ""])
+                w.writerow([r.name, c, *(repr(float(vals[m])) for m in metrics), "", *extra])
+
+
+def _definitions(opts: dict) -> dict:
+    """The surface-distance definition eval used, for the JSON file and the terminal."""
+    return {"surface": opts["surface"], "percentile": opts["percentile"],
+            "name": surface.definition_name(opts["surface"], opts["percentile"])}
 
 
 def write_json(path: str, results, summary, unmatched, opts, args) -> None:
@@ -439,7 +455,9 @@ def write_json(path: str, results, summary, unmatched, opts, args) -> None:
         "pred": args.pred,
         "gt": args.gt,
         "options": {k: opts[k] for k in ("labels", "metrics", "spacing", "tolerance", "ignore_index",
-                                         "include_background", "empty", "empty_distance")},
+                                         "include_background", "empty", "empty_distance", "surface",
+                                         "percentile")},
+        "definitions": _definitions(opts),
         "cases": [
             {"case": r.name, "pred": r.pred, "gt": r.gt, "shape": r.shape, "spacing": r.spacing,
              "warning": r.warning, "metrics": r.metrics}
@@ -469,6 +487,8 @@ def run(args: argparse.Namespace) -> int:
             "empty_distance": args.empty_distance,
             "backend": args.backend,
             "npz_key": args.npz_key,
+            "surface": args.surface or "voxel",
+            "percentile": args.percentile or "directed",
         }
         if not (math.isfinite(opts["tolerance"]) and opts["tolerance"] >= 0):
             raise UsageError(f"--tolerance: expected a number >= 0, got {args.tolerance}")
@@ -481,6 +501,8 @@ def run(args: argparse.Namespace) -> int:
         if args.csv and args.json and os.path.realpath(args.csv) == os.path.realpath(args.json):
             raise UsageError(f"--csv and --json: expected two files, got {args.csv!r} for both")
         cases, unmatched, known = find_cases(args.pred, args.gt)
+        if args.report is not None and (why := html_report.check(args.report)):
+            raise UsageError(f"--report: {why}")
     except UsageError as err:
         print(f"diceloss eval: error: {err}", file=sys.stderr)
         return 2
@@ -494,13 +516,22 @@ def run(args: argparse.Namespace) -> int:
     failed = [r for r in results if r.error]
     n_ok = len(results) - len(failed)
     print(f"scored {n_ok} of {len(results)} case(s); labels {', '.join(map(str, labels)) or 'none'}")
+    if any(m in surface.DISTANCE_METRICS for m in opts["metrics"]):
+        print(f"surface distances: {_definitions(opts)['name']}")
     if summary:
         print(format_table(summary))
+    # every CSV row names the surface-distance definition it was scored with (numbers of different definitions
+    # differ by millimetres and must not be mixed up)
+    named_definition = f"surface={opts['surface']} percentile={opts['percentile']}"
     # checked before scoring; a write can still fail (disk full): each output on its own, a one-line reason
     unwritten = []
-    for flag, path, write in (("--csv", args.csv, lambda: write_csv(args.csv, results, opts["metrics"])),
+    for flag, path, write in (("--csv", args.csv,
+                               lambda: write_csv(args.csv, results, opts["metrics"], named_definition)),
                               ("--json", args.json,
-                               lambda: write_json(args.json, results, summary, unmatched, opts, args))):
+                               lambda: write_json(args.json, results, summary, unmatched, opts, args)),
+                              ("--report", args.report,
+                               lambda: html_report.write(args.report, results, summary, labels, opts, unmatched,
+                                                         args.pred, args.gt))):
         if path:
             try:
                 write()
@@ -537,6 +568,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"(default: all but hd)")
     p.add_argument("--csv", metavar="FILE", help="write one row per case and label")
     p.add_argument("--json", metavar="FILE", help="write every case, the failures and the summary")
+    p.add_argument("--report", metavar="DIR", help="write DIR/index.html: box plots per label, worst cases, "
+                                                   "HD95 histogram, definitions, failures (needs matplotlib)")
     p.add_argument("--jobs", type=int, default=1, help="cases scored in parallel (processes; default 1)")
     p.add_argument("--empty", choices=surface.EMPTY_POLICIES, default="one",
                    help="scores of a label absent from both maps (default one)")
@@ -544,6 +577,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="hd/hd95/assd of a label in one map only (default inf)")
     p.add_argument("--backend", choices=surface.BACKENDS, default="auto",
                    help="distance transform (default auto: SciPy if installed, else torch)")
+    p.add_argument("--surface", choices=surface.SURFACES, default=None,
+                   help="surface-distance definition: voxel (boundary voxels, as MONAI; default) or surfel "
+                        "(surface elements weighted by area, as DeepMind surface-distance; 2D/3D)")
+    p.add_argument("--percentile", choices=surface.PERCENTILES, default=None,
+                   help="hd95 over the two directions: directed (each direction's, then the larger, as MONAI and "
+                        "DeepMind; default) or pooled (one percentile of both, as medpy)")
     p.add_argument("--npz-key", help="array to read from .npz files holding several")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

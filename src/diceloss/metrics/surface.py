@@ -24,6 +24,25 @@ These are the definitions of MONAI 1.6 ``compute_hausdorff_distance(percentile=.
 percentile, then the larger), ``compute_average_surface_distance(symmetric=True)`` and
 ``compute_surface_dice`` (``use_subvoxels=False``); the tests check the numbers against MONAI.
 
+Named definitions (``surface=`` and ``percentile=`` of :func:`segmentation_metrics`; the defaults are
+MONAI's, above):
+
+* ``surface="voxel"``: the boundary voxels above, each of weight 1.
+* ``surface="surfel"``: DeepMind ``surface-distance``'s surface elements. On the grid of voxel corners
+  (shifted by half a voxel), a corner whose 2^ndim neighbouring voxels are neither all in nor all out of the
+  mask carries the marching-squares / marching-cubes piece of surface through it, weighted by its length
+  (2D) or area (3D) in physical units (DeepMind's 16- and 256-entry tables); distances are between corners.
+  hd95 is the nearest rank on the cumulative weight (sorted by distance, the first index where the
+  cumulative weight fraction reaches 0.95: ``compute_robust_hausdorff``); assd is the weighted mean over
+  both directions, (sum a d + sum b e) / (sum a + sum b), from which DeepMind's two directed means
+  (``compute_average_surface_distance``) are its parts; nsd is the weighted fraction within the tolerance
+  (``compute_surface_dice_at_tolerance``; with the few-ulp tie slack below, where DeepMind drops a
+  distance that rounding puts one step above the tolerance). 2D and 3D only.
+* ``percentile="directed"``: hd95 (and hd at any percentile) is the larger of the two directed percentiles
+  (MONAI, DeepMind); ``percentile="pooled"``: one percentile of both directions' distances together
+  (medpy ``hd95``; with ``surface="surfel"``, the nearest rank over both weighted sets). hd (the maximum),
+  assd and nsd are the same under both (medpy 0.5.2's ``assd`` pools both directions too, as MONAI).
+
 Empty masks (a documented, configurable policy; ``empty`` takes the values of
 :data:`diceloss.metrics.EMPTY_POLICIES`, and its default here is "one": see :mod:`diceloss.metrics`):
 
@@ -46,6 +65,8 @@ at the other boundary's voxels. All metrics of a label come from these two dista
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import numbers
 from collections.abc import Sequence
@@ -63,6 +84,8 @@ DEFAULT_METRICS = ("dice", "iou", "precision", "recall", "avd", "rvd", "hd95", "
 DISTANCE_METRICS = ("hd", "hd95", "assd", "nsd")
 EMPTY_DISTANCES = ("inf", "nan", "diagonal")
 BACKENDS = ("auto", "scipy", "torch")
+SURFACES = ("voxel", "surfel")  # boundary voxels (MONAI, medpy) or area-weighted surface elements (DeepMind)
+PERCENTILES = ("directed", "pooled")  # hd95: larger of the per-direction percentiles (MONAI), or one of both (medpy)
 
 _SCORES = ("dice", "iou", "precision", "recall", "nsd")  # take the `empty` fill when both are empty
 _MAX_DIRECT_LABEL = 1 << 16  # labels up to this are counted with bincount / find_objects
@@ -132,6 +155,80 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
             idx[ax] = side
             inner &= mask[tuple(idx)]
     return centre & ~inner
+
+
+# DeepMind surface-distance's lookup_tables._NEIGHBOUR_CODE_TO_NORMALS (Apache-2.0), compactly: per 2x2x2
+# neighbour code (bit 7 - (4a + 2b + c) for the voxel at offset (a, b, c)), its marching-cubes triangles'
+# normals, three letters each, a..i for -4/8..4/8; a normal's length (scaled by the spacing) is the area.
+_NORMALS_3D = """\
+eee fff ddf ccegge fdf cecgeg fdfddf ieegggfff dff fffdff cegceg ieeccgddf gcegce ieegcgdfd
+aeecggdff ieeiee fdd eccegg ddffdd eaegggfff fdffdd eeagggddd ddffdffdd dddcccgggfff dfffdd
+ecceggdff cegcegfdd fffhhhecgceg fddgcegce hhhegcdddcge aeedddcccfff aeedddccc fdf ffffdf ecgegc
+eaeffdggc fdffdf fdfcecgeg ecgegcfdf bbheggffdcec dfffdf ffffdfdff eeiccgddf ggcggcffdddf fdfgcegce
+ieegcgdfdfdf egchbbdffgge aeeccgddf gcecge eiecggfdd eiefdfcgc eieeae gcecgefdf bbbcegdddcge
+fffeaecccddd eaecccddd dffgcecge eieggcddfddf bhbccedfdceg eieggcddf gcecgegcegce ccecceddf
+fffccecce ccecce ddf fffddf ddfddf ddfccegge ecgecg eeigcgfdf ecgecgddf hbheccdfdgge ddfdff
+fffddfdff ddfcegceg ieeccgddfddf eiecgcfdf cgccgcdfddfd cechbbegcdff ieecgcfdf ceggec eeicggdff
+ddfceggec cecbhhccedff eeaggcddf eeieei ffffffgggeei fffgggeei ceggecdff eeigcgfdffdf cegcegceggec
+fdfgeggeg gegbbhcgeddf eeigcgfdf fffgeggeg geggeg ddffdf fffddffdf ddfecgegc eaeffdggcddf ecgecgfdf
+eeigcgfdffdf ecgecgecgegc eggeggfdd dfffdfddf dfffdfddffff eeiccgddfddf ffffdffdd eiecgcfdffdf
+fffddffdd ecceggfff ffffdd ieegccfdd cggdffcggfdd hbheggdfdceg eaecggdff bbhgceeggddf dffcggeei
+fffeggegg eggegg ieegggffffff fdfddffff cecgegfff ffffdf cceggefff fffddf ffffff fff fff ffffff
+fffddf cceggefff ffffdf cecgegfff fdfddffff ieegggffffff eggegg fffeggegg dffcggeei bbhgceeggddf
+eaecggdff hbheggdfdceg cggdffcggfdd ieegccfdd ffffdd ecceggfff fffddffdd eiecgcfdffdf ffffdffdd
+eeiccgddfddf dfffdfddffff dfffdfddf eggeggfdd ecceggeggegg eeigcgfdffdf ecgecgfdf eaeffdggcddf
+ddfecgegc fffddffdf ddffdf geggeg fffgeggeg eeigcgfdf gegbbhcgeddf fdfgeggeg cecgeggeggeg
+eeigcgfdffdf ceggecdff fffgggeei ffffffgggeei eeieei eeaggcddf cecbhhccedff ddfceggec eeicggdff
+ceggec ieecgcfdf cechbbegcdff cgccgcdfddfd eiecgcfdf ieeccgddfddf ddfcegceg fffddfdff ddfdff
+hbheccdfdgge ecgecgddf eeigcgfdf ecgecg ddfccegge ddfddf fffddf ddf ccecce fffccecce ccecceddf
+ccecceccegge eieggcddf bhbccedfdceg eieggcddfddf dffgcecge eaecccddd fffeaecccddd bbbcegdddcge
+gcecgefdf eieeae eiefdfcgc eiecggfdd gcecge aeeccgddf egchbbdffgge ieegcgdfdfdf fdfgcegce
+ggcggcffdddf eeiccgddf ffffdfdff dfffdf bbheggffdcec ecgegcfdf fdfcecgeg fdffdf eaeffdggc ecgegc
+ffffdf fdf aeedddccc aeedddcccfff hhhegcdddcge fddgcegce fffhhhecgceg cegcegfdd ecceggdff dfffdd
+dddcccgggfff ddffdffdd eeagggddd fdffdd eaegggfff ddffdd eccegg fdd ieeiee aeecggdff ieegcgdfd
+gcegce ieeccgddf cegceg fffdff dff ieegggfff fdfddf cecgeg fdf ccegge ddf fff eee"""
+
+
+@functools.lru_cache(maxsize=64)
+def _surfel_table(spacing: tuple[float, ...]) -> np.ndarray:
+    """Length (2D, 16 codes) or area (3D, 256 codes) of the surface piece of each neighbour code, as
+    DeepMind's ``create_table_neighbour_code_to_contour_length`` / ``..._surface_area`` (same arithmetic)."""
+    if len(spacing) == 2:
+        v, h = spacing
+        diag = 0.5 * math.sqrt(v**2 + h**2)
+        # bits: top left 8, top right 4, bottom left 2, bottom right 1 (axis 0 down, axis 1 right)
+        lengths = {0b0001: diag, 0b0010: diag, 0b0011: h, 0b0100: diag, 0b0101: v, 0b0110: 2 * diag,
+                   0b0111: diag, 0b1000: diag, 0b1001: 2 * diag, 0b1010: v, 0b1011: diag, 0b1100: h,
+                   0b1101: diag, 0b1110: diag}
+        table = np.zeros(16)
+        for code, length in lengths.items():
+            table[code] = length
+        return table
+    s0, s1, s2 = spacing
+    table = np.zeros(256)
+    for code, normals in enumerate(_NORMALS_3D.split()):
+        area = 0
+        for i in range(0, len(normals), 3):
+            n = [(ord(ch) - ord("e")) / 8 for ch in normals[i : i + 3]]
+            area += np.linalg.norm(np.array([n[0] * s1 * s2, n[1] * s0 * s2, n[2] * s0 * s1]))
+        table[code] = area
+    return table
+
+
+def _surfels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(neighbour code, surface-element mask) on the corner grid of ``mask`` (one more point per axis).
+
+    Corner i along an axis lies between voxels i - 1 and i (outside the array counts as outside), as
+    DeepMind's ``correlate`` of the zero-padded crop with the 2^ndim kernel.
+    """
+    nd = mask.ndim
+    padded = np.pad(mask, 1).astype(np.uint8)
+    corners = tuple(n + 1 for n in mask.shape)
+    code = np.zeros(corners, np.uint8)
+    for k, offs in enumerate(itertools.product((0, 1), repeat=nd)):
+        code |= padded[tuple(slice(o, o + n) for o, n in zip(offs, corners))] << np.uint8(2**nd - 1 - k)
+    full = 2 ** (2**nd) - 1
+    return code, (code != 0) & (code != full)
 
 
 def _edt_scipy(sites: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
@@ -209,7 +306,8 @@ class LabelSurface:
 
     ``d_pred`` holds, for each boundary voxel of the prediction, the distance to the reference's
     boundary; ``d_target`` the other way. Both are None when distances were not asked for, and empty
-    when a mask is empty.
+    when a mask is empty. Under ``surface="surfel"`` they are per surface element, and ``w_pred`` /
+    ``w_target`` hold the elements' areas (lengths in 2D).
     """
 
     label: int
@@ -218,6 +316,8 @@ class LabelSurface:
     target: int
     d_pred: np.ndarray | None = None
     d_target: np.ndarray | None = None
+    w_pred: np.ndarray | None = None  # surface-element areas ("surfel"); None: boundary voxels of weight 1
+    w_target: np.ndarray | None = None
 
 
 def label_surfaces(
@@ -230,6 +330,7 @@ def label_surfaces(
     include_background: bool = False,
     distances: bool = True,
     backend: str = "auto",
+    surface: str = "voxel",
 ) -> list[LabelSurface]:
     """Counts and surface distances per label, in one pass over the volume plus one box per label.
 
@@ -241,7 +342,9 @@ def label_surfaces(
         ignore_index: target value whose positions are left out of both prediction and reference.
         distances: compute the surface-distance sets (else only the counts).
         backend: "auto" (SciPy when installed, else torch), "scipy" or "torch".
+        surface: "voxel" (boundary voxels, MONAI) or "surfel" (area-weighted surface elements, DeepMind).
     """
+    check_choice("surface", surface, SURFACES)
     p = _as_label_array(pred, "pred")
     t = _as_label_array(target, "target")
     if p.shape != t.shape:
@@ -249,6 +352,9 @@ def label_surfaces(
     if p.ndim == 0:
         raise ValueError("pred and target must have at least one spatial axis, got 0-d arrays")
     spacing_t = _check_spacing(spacing, p.ndim)
+    if surface == "surfel" and distances and p.ndim not in (2, 3):
+        raise ValueError(f"surface='surfel' needs 2D or 3D maps (DeepMind's surface elements), got {p.ndim}D "
+                         f"of shape {tuple(p.shape)}; use surface='voxel'")
     binary = p.dtype == bool and t.dtype == bool
     if p.dtype == bool:
         p = p.view(np.uint8)
@@ -323,45 +429,15 @@ def label_surfaces(
         r = LabelSurface(c, int(np.count_nonzero(mask_p & mask_t)), int(np.count_nonzero(mask_p)),
                          int(np.count_nonzero(mask_t)))
         results.append(r)
-        edge_p = _boundary(np.pad(mask_p, 1))
-        edge_t = _boundary(np.pad(mask_t, 1))
+        if surface == "surfel":
+            table = _surfel_table(spacing_t)
+            code_p, edge_p = _surfels(mask_p)
+            code_t, edge_t = _surfels(mask_t)
+            r.w_pred, r.w_target = table[code_p[edge_p]], table[code_t[edge_t]]
+        else:
+            edge_p = _boundary(np.pad(mask_p, 1))
+            edge_t = _boundary(np.pad(mask_t, 1))
         if r.pred == 0 or r.target == 0:
-            # one empty: no distances to measure, the policy decides (see the module docstring)
-            r.d_pred = np.full(int(edge_p.sum()), math.inf)
-            r.d_target = np.full(int(edge_t.sum()), math.inf)
-            continue
-        r.d_pred = edt(edge_t, spacing_t)[edge_p]
-        r.d_target = edt(edge_p, spacing_t)[edge_t]
-    return results
-    kind = _resolve_backend(backend)
-    # bounding boxes of every label in one pass each (find_objects: index i is label i + 1)
-    boxes_p = boxes_t = None
-    if kind == "scipy" and direct:
-        from scipy.ndimage import find_objects
-
-        boxes_p, boxes_t = find_objects(p), find_objects(t)
-
-    def box_of(arr, boxes, counts, c):
-        if counts.get(c, 0) == 0:
-            return None
-        if boxes is not None and c > 0:
-            return boxes[c - 1]
-        return _bbox_numpy(arr, c)
-
-    edt = _edt_scipy if kind == "scipy" else _edt_torch
-    for r in results:
-        c = r.label
-        bp, bt = box_of(p, boxes_p, P, c), box_of(t, boxes_t, G, c)
-        if bp is None and bt is None:
-            r.d_pred = r.d_target = np.zeros(0)
-            continue
-        box = tuple(
-            slice(min(a.start, b.start), max(a.stop, b.stop)) if a is not None and b is not None else (a or b)
-            for a, b in zip(bp or bt, bt or bp)
-        )
-        edge_p = _boundary(np.pad(p[box] == c, 1))
-        edge_t = _boundary(np.pad(t[box] == c, 1))
-        if not edge_p.any() or not edge_t.any():
             # one empty: no distances to measure, the policy decides (see the module docstring)
             r.d_pred = np.full(int(edge_p.sum()), math.inf)
             r.d_target = np.full(int(edge_t.sum()), math.inf)
@@ -384,6 +460,7 @@ def _metric(
     percentile: float | None,
     empty: str,
     empty_distance: str,
+    pooled: bool = False,
 ) -> float:
     I, P, G = r.intersection, r.pred, r.target
     if P == 0 and G == 0:
@@ -411,13 +488,18 @@ def _metric(
             return 0.0
         return {"inf": math.inf, "nan": math.nan, "diagonal": diagonal}[empty_distance]
     dp, dt = r.d_pred, r.d_target
+    wp, wt = r.w_pred, r.w_target
     if name == "nsd":
         # a distance equal to the tolerance counts, also when it is a rounding step above it (3 * 0.8 is
         # 2.4000000000000004, not the 2.4 a user types): a relative slack of a few ulps
         tol = tolerance * (1.0 + _TIE_SLACK)
+        if wp is not None:
+            return float((wp[dp <= tol].sum() + wt[dt <= tol].sum()) / (wp.sum() + wt.sum()))
         within = np.count_nonzero(dp <= tol) + np.count_nonzero(dt <= tol)
         return float(within / (dp.size + dt.size))
     if name == "assd":
+        if wp is not None:
+            return float((np.sum(dp * wp) + np.sum(dt * wt)) / (np.sum(wp) + np.sum(wt)))
         return float((dp.sum() + dt.sum()) / (dp.size + dt.size))
     if name == "hd":
         percentile = None
@@ -427,7 +509,40 @@ def _metric(
     if percentile is None or percentile == 100:
         return float(max(dp.max(), dt.max()))
     q = percentile / 100.0
+    if wp is not None:
+        if pooled:
+            return _nearest_rank(np.concatenate([dp, dt]), np.concatenate([wp, wt]), q)
+        return max(_nearest_rank(dp, wp, q), _nearest_rank(dt, wt, q))
+    if pooled:
+        return float(np.quantile(np.concatenate([dp, dt]), q, method="linear"))
     return float(max(np.quantile(dp, q, method="linear"), np.quantile(dt, q, method="linear")))
+
+
+def _nearest_rank(d: np.ndarray, w: np.ndarray, q: float) -> float:
+    """DeepMind's ``compute_robust_hausdorff`` rule: sort by (distance, weight), the first distance whose
+    cumulative weight fraction reaches ``q`` (the last one when rounding keeps it below)."""
+    order = np.lexsort((w, d))
+    d, w = d[order], w[order]
+    cum = np.cumsum(w) / np.sum(w)
+    return float(d[min(int(np.searchsorted(cum, q)), d.size - 1)])
+
+
+def _check_definition(surface: str, percentile: object, name: str = "percentile") -> bool:
+    """Validate a named surface-distance definition; True for a pooled percentile."""
+    check_choice("surface", surface, SURFACES)
+    if not isinstance(percentile, str) or percentile not in PERCENTILES:
+        hint = (" (the percentile's value is hausdorff_distance(percentile=...); hd95 is 95)"
+                if isinstance(percentile, numbers.Number) else "")
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in PERCENTILES)}; got {percentile!r}{hint}")
+    return percentile == "pooled"
+
+
+def definition_name(surface: str = "voxel", percentile: str = "directed") -> str:
+    """A short label of a definition, e.g. "surface=voxel percentile=directed (MONAI)"."""
+    _check_definition(surface, percentile)
+    peer = {("voxel", "directed"): "MONAI", ("voxel", "pooled"): "medpy", ("surfel", "directed"): "DeepMind",
+            ("surfel", "pooled"): "surfels, pooled percentile"}[surface, percentile]
+    return f"surface={surface} percentile={percentile} ({peer})"
 
 
 def _check_policies(empty: str, empty_distance: str) -> None:
@@ -462,6 +577,8 @@ def segmentation_metrics(
     empty: str = "one",
     empty_distance: str = "inf",
     backend: str = "auto",
+    surface: str = "voxel",
+    percentile: str = "directed",
 ) -> dict[int, dict[str, float]]:
     """All asked metrics of one case, per label, from one pass (see the module docstring for formulas).
 
@@ -478,6 +595,10 @@ def segmentation_metrics(
         empty: both-empty policy: "one" | "zero" | "nan" (see the module docstring).
         empty_distance: one-empty distances: "inf" | "nan" | "diagonal".
         backend: distance transform: "auto" | "scipy" | "torch".
+        surface: "voxel" (boundary voxels, MONAI's; the default) or "surfel" (surface elements weighted by
+            their area, DeepMind surface-distance's; 2D and 3D).
+        percentile: how hd95 treats the two directions: "directed" (each direction's percentile, then the
+            larger: MONAI, DeepMind; the default) or "pooled" (one percentile of both together: medpy).
 
     Returns:
         ``{label: {metric: value}}`` with Python floats.
@@ -495,14 +616,16 @@ def segmentation_metrics(
     for m in metrics:
         check_choice("metric", m, METRICS)
     _check_policies(empty, empty_distance)
+    pooled = _check_definition(surface, percentile)
     tol = _check_tolerance(tolerance)
     need = any(m in DISTANCE_METRICS for m in metrics)
     rows = label_surfaces(pred, target, labels, spacing=spacing, ignore_index=ignore_index,
-                          include_background=include_background, distances=need, backend=backend)
+                          include_background=include_background, distances=need, backend=backend,
+                          surface=surface)
     shape = tuple(pred.shape)
     vv, diag = _geometry(shape, _check_spacing(spacing, len(shape)))
     opts = dict(voxel_volume=vv, diagonal=diag, tolerance=tol, percentile=None, empty=empty,
-                empty_distance=empty_distance)
+                empty_distance=empty_distance, pooled=pooled)
     return {r.label: {m: _metric(m, r, **opts) for m in metrics} for r in rows}
 
 
@@ -534,15 +657,19 @@ def _per_label(
     empty,
     empty_distance,
     backend,
+    surface: str = "voxel",
+    pooled: bool = False,
 ):
     _check_policies(empty, empty_distance)
+    check_choice("surface", surface, SURFACES)
     tol = _check_tolerance(tolerance)
     rows = label_surfaces(pred, target, labels, spacing=spacing, ignore_index=ignore_index,
-                          include_background=include_background, distances=True, backend=backend)
+                          include_background=include_background, distances=True, backend=backend,
+                          surface=surface)
     shape = tuple(pred.shape)
     vv, diag = _geometry(shape, _check_spacing(spacing, len(shape)))
     opts = dict(voxel_volume=vv, diagonal=diag, tolerance=tol, percentile=percentile, empty=empty,
-                empty_distance=empty_distance)
+                empty_distance=empty_distance, pooled=pooled)
     values = [_metric(name, r, **opts) for r in rows]
     binary = labels is None and all(_is_bool(x) for x in (pred, target))
     out = np.asarray(values, dtype=np.float64)
@@ -566,10 +693,16 @@ def hausdorff_distance(
     empty: str = "one",
     empty_distance: str = "inf",
     backend: str = "auto",
+    surface: str = "voxel",
+    percentile_mode: str = "directed",
 ):
     """Symmetric Hausdorff distance per label: max over both directions of the ``percentile``-th
     percentile of the boundary-to-boundary distances (linear interpolation, as MONAI / torch.quantile);
     ``percentile=None`` (or 100) gives the maximum. Physical units from ``spacing``.
+
+    ``surface="surfel"`` measures between DeepMind's area-weighted surface elements, with its nearest-rank
+    percentile; ``percentile_mode="pooled"`` takes one percentile of both directions together (medpy's
+    ``hd95``) instead of the larger of the two (see the module docstring).
 
     Returns (K,) float64 for K labels (NumPy for NumPy inputs, a tensor on the input's device for
     tensors), or a 0-d value for two bool masks. Empty masks: see the module docstring.
@@ -585,9 +718,10 @@ def hausdorff_distance(
         percentile = float(percentile)  # NumPy scalars (np.float32(95)) too
         if not 0 <= percentile <= 100:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    pooled = _check_definition(surface, percentile_mode, "percentile_mode")
     return _per_label("_hdp", pred, target, labels=labels, spacing=spacing, percentile=percentile,
                       ignore_index=ignore_index, include_background=include_background, empty=empty,
-                      empty_distance=empty_distance, backend=backend)
+                      empty_distance=empty_distance, backend=backend, surface=surface, pooled=pooled)
 
 
 def average_surface_distance(
@@ -601,10 +735,11 @@ def average_surface_distance(
     empty: str = "one",
     empty_distance: str = "inf",
     backend: str = "auto",
+    surface: str = "voxel",
 ):
     """Average symmetric surface distance (ASSD) per label: the mean of all boundary-to-boundary
     distances of both directions, (sum D' + sum D) / (|D'| + |D|). Shapes and types as
-    :func:`hausdorff_distance`.
+    :func:`hausdorff_distance`. ``surface="surfel"``: the area-weighted mean over DeepMind's surface elements.
 
     Example:
         >>> gt = np.zeros((8, 8), dtype=bool); gt[2:6, 2:6] = True
@@ -613,7 +748,7 @@ def average_surface_distance(
     """
     return _per_label("assd", pred, target, labels=labels, spacing=spacing, ignore_index=ignore_index,
                       include_background=include_background, empty=empty, empty_distance=empty_distance,
-                      backend=backend)
+                      backend=backend, surface=surface)
 
 
 def surface_dice(
@@ -627,10 +762,12 @@ def surface_dice(
     include_background: bool = False,
     empty: str = "one",
     backend: str = "auto",
+    surface: str = "voxel",
 ):
     """Normalized surface Dice (NSD) per label at ``tolerance`` (physical units): the fraction of
     boundary voxels of both masks within ``tolerance`` of the other's boundary. Shapes and types as
-    :func:`hausdorff_distance`; both empty -> ``empty``, one empty -> 0.
+    :func:`hausdorff_distance`; both empty -> ``empty``, one empty -> 0. ``surface="surfel"``: the
+    area-weighted fraction of DeepMind's surface elements (``compute_surface_dice_at_tolerance``).
 
     Example:
         >>> gt = np.zeros((8, 8), dtype=bool); gt[2:6, 2:6] = True
@@ -639,12 +776,15 @@ def surface_dice(
     """
     return _per_label("nsd", pred, target, labels=labels, spacing=spacing, tolerance=tolerance,
                       ignore_index=ignore_index, include_background=include_background, empty=empty,
-                      empty_distance="inf", backend=backend)
+                      empty_distance="inf", backend=backend, surface=surface)
 
 
 __all__ = [
     "METRICS",
     "DEFAULT_METRICS",
+    "SURFACES",
+    "PERCENTILES",
+    "definition_name",
     "LabelSurface",
     "label_surfaces",
     "segmentation_metrics",
