@@ -24,6 +24,9 @@ $(VENV)/.test: $(VENV)/.torch pyproject.toml Makefile
 	rm -rf $(VENV)/peer-src && mkdir -p $(VENV)/peer-src
 	$(PIP) download --no-deps --no-binary :all: segmentation-models-pytorch==0.6.0 -d $(VENV)/peer-src
 	tar -xzf $(VENV)/peer-src/segmentation_models_pytorch-0.6.0.tar.gz -C $(VENV)/peer-src
+	# panoptica, the peer of lesion_metrics, pins numpy<2.3 but runs with the numpy here: installed without its pins
+	$(PIP) install --no-deps panoptica==2.1.7
+	$(PIP) install "connected-components-3d<4" rich ruamel.yaml "pandas<3" "plotly<6" typer
 	# Debian's chromium opens the eval report in tests/test_report.py (skipped without it); never fails the set-up
 	@command -v chromium >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

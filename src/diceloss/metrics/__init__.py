@@ -42,6 +42,8 @@ Example:
 
 from __future__ import annotations
 
+from .calibration import CalibrationErrorMetric, calibration_bin_sums, calibration_error
+from .components import component_metrics, connected_components, lesion_metrics, voronoi_cells
 from .overlap import EMPTY_POLICIES, DiceMetric, dice_score, hard_counts, iou_score
 from .surface import (
     average_surface_distance,
@@ -49,6 +51,7 @@ from .surface import (
     segmentation_metrics,
     surface_dice,
 )
+from .topology import betti_errors, betti_numbers, cldice_score
 
 __all__ = [
     "EMPTY_POLICIES",
@@ -60,4 +63,28 @@ __all__ = [
     "average_surface_distance",
     "surface_dice",
     "segmentation_metrics",
+    "cldice_score",
+    "betti_numbers",
+    "betti_errors",
+    "calibration_error",
+    "calibration_bin_sums",
+    "CalibrationErrorMetric",
+    "DiceTorchMetric",
+    "IoUTorchMetric",
+    "CalibrationErrorTorchMetric",
+    "connected_components",
+    "voronoi_cells",
+    "component_metrics",
+    "lesion_metrics",
 ]
+
+_TORCHMETRICS_CLASSES = ("DiceTorchMetric", "IoUTorchMetric", "CalibrationErrorTorchMetric")
+
+
+def __getattr__(name: str):
+    # the torchmetrics.Metric classes load torchmetrics (optional, slow to import) only when asked for
+    if name in _TORCHMETRICS_CLASSES:
+        from . import lightning
+
+        return getattr(lightning, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
