@@ -18,6 +18,11 @@ prediction moves and rescales each by a few voxels. Timed on the same label maps
   ``--deepmind-size`` (default: the same size) and medpy ``hd95`` + ``assd`` per label, the peer of "pooled"
   (``--no-medpy`` to skip: it transforms the whole volume per label).
 
+* with ``--families`` (``--only-families``: that part alone): eval's component, lesion-wise and topology
+  metrics (``diceloss.cli.eval.family_metrics``: cc_dice; lesion_f1, lesion_precision, lesion_recall, pq;
+  cldice; betti0..2) per family and all together, against eval's default overlap + surface metrics on the
+  same case; the ratio families / (overlap + surface) is printed per family (issue 18's budget: <= 3x).
+
 The values are compared too (max |difference| of HD95 and NSD; of each peer's metrics against its
 definition). Prints a table and the ratio, and writes JSON. The numbers are wall-clock on whatever CPU
 runs this: compare ratios from one run.
@@ -141,6 +146,25 @@ def definitions(args, pred, gt, labels, rows, doc) -> None:
                 k: max(abs(ours["voxel", "pooled"][c][k] - ref[c][k]) for c in labels) for k in ("hd95", "assd")}
 
 
+def families(args, pred, gt, labels, rows, doc) -> None:
+    """eval's metric families against eval's default overlap + surface metrics, on the same labels."""
+    from diceloss.cli.eval import COMPONENT_METRICS, FAMILY_METRICS, LESION_METRICS, family_metrics
+
+    groups = {"cc_dice": COMPONENT_METRICS, "lesion": LESION_METRICS, "cldice": ("cldice",),
+              "betti": ("betti0", "betti1", "betti2"), "all families": FAMILY_METRICS}
+    family_metrics(gt[:16, :16, :16], gt[:16, :16, :16], FAMILY_METRICS, labels=[1])  # imports, first calls
+    base, _, _ = timed(lambda: segmentation_metrics(pred, gt, labels=labels, metrics=DEFAULT_METRICS,
+                                                    tolerance=TOLERANCE, backend="scipy"), args.repeat)
+    rows.append({"name": "eval overlap + surface (default)", "median_s": base, "min_s": base})
+    ratios = {}
+    for name, metrics in groups.items():
+        med, best, _ = timed(lambda m=metrics: family_metrics(pred, gt, m, labels=labels), args.repeat)
+        rows.append({"name": f"eval {name}", "median_s": med, "min_s": best})
+        ratios[name] = med / base
+    doc["families_over_overlap_surface"] = ratios
+    doc["families_budget"] = 3.0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=256)
@@ -152,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-deepmind", action="store_true")
     ap.add_argument("--deepmind-size", type=int, default=None, help="volume size for DeepMind (default --size)")
     ap.add_argument("--no-medpy", action="store_true")
+    ap.add_argument("--families", action="store_true", help="also time eval's component / lesion / topology metrics")
+    ap.add_argument("--only-families", action="store_true", help="time only those against overlap + surface")
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--out", default=os.path.join(here, "results", "eval.json"))
     args = ap.parse_args(argv)
@@ -162,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     # warm-up: imports and first-call costs stay out of the timings
     for backend in ("scipy", "torch"):
         segmentation_metrics(gt[:8, :8, :8], gt[:8, :8, :8], labels=[1], backend=backend)
+    if args.only_families:
+        return _families_only(args, pred, gt, labels, rows)
 
     def dl(metrics, backend="scipy"):
         return lambda: segmentation_metrics(pred, gt, labels=labels, metrics=metrics, tolerance=TOLERANCE,
@@ -216,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not args.no_definitions:
         definitions(args, pred, gt, labels, rows, doc)
+    if args.families:
+        families(args, pred, gt, labels, rows, doc)
     doc["results"] = rows
 
     load = ", ".join(f"{x:.1f}" for x in doc["loadavg_before"])
@@ -232,12 +262,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"max |diceloss - MONAI|: hd95 {d['hd95']:.2e}, nsd {d['nsd']:.2e}")
     for peer, diffs in doc.get("max_abs_diff_vs_peer", {}).items():
         print(f"max |diceloss - {peer}|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    _print_family_ratios(doc)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def _print_family_ratios(doc) -> None:
+    for name, r in doc.get("families_over_overlap_surface", {}).items():
+        over = f" (over the {doc['families_budget']:g}x budget by {r / doc['families_budget']:.2f}x)" \
+            if r > doc["families_budget"] else ""
+        print(f"{name} / overlap + surface: {r:.2f}x{over}")
+
+
+def _families_only(args, pred, gt, labels, rows) -> int:
+    doc = {"size": args.size, "labels": args.labels, "repeat": args.repeat, "cpu_model": _cpu_model(),
+           "cpu_count": os.cpu_count(), "loadavg_before": list(os.getloadavg())}
+    families(args, pred, gt, labels, rows, doc)
+    doc["results"] = rows
+    print(f"eval families: {args.size}^3 volume, {args.labels} labels, median of {args.repeat} "
+          f"({doc['cpu_model']}, {os.cpu_count()} CPUs, load average {doc['loadavg_before'][0]:.1f})")
+    for r in rows:
+        print(f"{r['name']:40}{r['median_s']:>10.3f}")
+    _print_family_ratios(doc)
+    out = args.out if args.out != ap_default_out() else os.path.join(os.path.dirname(args.out), "eval_families.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def ap_default_out() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "eval.json")
 
 
 if __name__ == "__main__":

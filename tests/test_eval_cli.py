@@ -418,3 +418,126 @@ def test_bad_definition_options_exit_2(tmp_path, capsys, argv, message):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message.replace("'", "") in err.replace("'", "")
+
+
+# ---- component, lesion-wise and topology families (--metrics cc_dice,lesion_f1,...,cldice,betti0..2) ----------
+
+FAMILY = "cc_dice,lesion_f1,lesion_precision,lesion_recall,pq,cldice,betti0,betti1,betti2"
+
+
+def _family_case(tmp_path):
+    """Label 1: two GT lesions, the prediction finds one exactly and misses the other, no false positive.
+    Label 2: a GT ring, predicted filled in (one hole too few). Label 3: a line, predicted identically."""
+    gt = np.zeros((32, 32), dtype=np.uint8)
+    gt[2:6, 2:6] = 1
+    gt[2:6, 20:24] = 1
+    gt[12:20, 12:20] = 2
+    gt[14:18, 14:18] = 0
+    gt[26, 2:30] = 3
+    pred = gt.copy()
+    pred[2:6, 20:24] = 0
+    pred[14:18, 14:18] = 2
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "g.npy", gt)
+    return tmp_path / "p.npy", tmp_path / "g.npy"
+
+
+def test_family_metrics_known_answers_in_csv_json_and_terminal(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    p, g = _family_case(tmp_path)
+    c, j = tmp_path / "s.csv", tmp_path / "s.json"
+    code, out, _ = run(capsys, p, g, "--metrics", f"dice,hd95,{FAMILY}", "--csv", c, "--json", j)
+    assert code == 0
+    rows = {r["label"]: r for r in read_csv(c)}
+    assert list(read_csv(c)[0]) == ["case", "label", "dice", "hd95", *FAMILY.split(","), "error", "definition"]
+    one, ring, line = rows["1"], rows["2"], rows["3"]
+    assert float(one["lesion_f1"]) == pytest.approx(2 / 3) and float(one["lesion_precision"]) == 1.0
+    assert float(one["lesion_recall"]) == 0.5 and float(one["pq"]) == pytest.approx(2 / 3)  # SQ = 1
+    assert float(one["cc_dice"]) == 0.5  # per GT component: 1 and 0; the global Dice is 2/3
+    assert float(one["dice"]) == pytest.approx(2 / 3)
+    assert float(one["betti0"]) == 1.0 and float(one["betti1"]) == 0.0
+    assert float(ring["betti1"]) == 1.0 and float(ring["betti0"]) == 0.0
+    assert float(ring["lesion_f1"]) == 1.0  # the filled disk still matches the ring (IoU 48/64 > 0.5)
+    assert float(line["cldice"]) == 1.0 and float(line["cc_dice"]) == 1.0 and float(line["pq"]) == 1.0
+    assert all(math.isnan(float(r["betti2"])) for r in rows.values())  # 2D: no cavities
+    doc = json.loads(j.read_text())
+    defs = doc["definitions"]
+    assert {"cc_dice", "lesion", "cldice", "betti"} <= set(defs) and defs["surface"] == "voxel"
+    assert "26 in 3D" in defs["cc_dice"] and "IoU > 0.5" in defs["lesion"] and "one-to-one" in defs["lesion"]
+    assert "skeletonize" in defs["cldice"] and "dual" in defs["betti"]
+    assert doc["cases"][0]["metrics"]["1"]["lesion_recall"] == 0.5
+    assert doc["summary"]["2"]["betti1"]["mean"] == 1.0 and doc["summary"]["1"]["betti2"]["n"] == 0
+    assert "lesion_precision" in out and "lesion: lesion-wise detection" in out
+
+
+def test_family_metrics_alone_3d_cavity_and_aliases(tmp_path, capsys):
+    gt = np.zeros((10, 10, 10), dtype=np.uint8)
+    gt[2:8, 2:8, 2:8] = 1
+    gt[4:6, 4:6, 4:6] = 0  # a closed cavity
+    pred = gt.copy()
+    pred[4:6, 4:6, 4:6] = 1
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "g.npy", gt)
+    j = tmp_path / "s.json"
+    code, out, _ = run(capsys, tmp_path / "p.npy", tmp_path / "g.npy", "--metrics", "betti,lesion", "--json", j)
+    assert code == 0
+    doc = json.loads(j.read_text())
+    assert doc["options"]["metrics"] == ["betti0", "betti1", "betti2", "lesion_f1", "lesion_precision",
+                                         "lesion_recall", "pq"]
+    assert doc["cases"][0]["metrics"]["1"] == {"betti0": 0.0, "betti1": 0.0, "betti2": 1.0, "lesion_f1": 1.0,
+                                               "lesion_precision": 1.0, "lesion_recall": 1.0,
+                                               "pq": pytest.approx((216 - 8) / 216)}
+    assert "surface distances" not in out  # no distance metric asked for
+
+
+def test_family_metrics_of_a_label_absent_from_a_case(tmp_path, capsys):
+    """A label seen in another case gets the both-empty values: --empty for the scores, 0 Betti errors."""
+    d_p, d_g = tmp_path / "p", tmp_path / "g"
+    d_p.mkdir()
+    d_g.mkdir()
+    gt = labels3d()
+    np.save(d_g / "a.npy", gt)
+    np.save(d_p / "a.npy", gt)
+    np.save(d_g / "b.npy", np.where(gt == 2, 0, gt))
+    np.save(d_p / "b.npy", np.where(gt == 2, 0, gt))
+    c = tmp_path / "s.csv"
+    assert run(capsys, d_p, d_g, "--metrics", "dice,cc_dice,pq,betti2", "--empty", "zero", "--csv", c)[0] == 0
+    b2 = [r for r in read_csv(c) if r["case"] == "b" and r["label"] == "2"][0]
+    assert (b2["dice"], b2["cc_dice"], b2["pq"], b2["betti2"]) == ("0.0", "0.0", "0.0", "0.0")
+
+
+def test_metrics_all_and_default_are_unchanged(tmp_path, capsys):
+    f = tmp_path / "x.npy"
+    np.save(f, labels3d())
+    j = tmp_path / "s.json"
+    assert run(capsys, f, f, "--metrics", "all", "--json", j)[0] == 0
+    assert json.loads(j.read_text())["options"]["metrics"] == ["dice", "iou", "precision", "recall", "avd", "rvd",
+                                                               "hd", "hd95", "assd", "nsd"]
+    assert run(capsys, f, f, "--json", j)[0] == 0
+    doc = json.loads(j.read_text())
+    assert "hd" not in doc["options"]["metrics"] and "cc_dice" not in doc["options"]["metrics"]
+    assert set(doc["definitions"]) == {"surface", "percentile", "name"}
+
+
+@pytest.mark.parametrize("names,message", [
+    ("dice,lesion_f2", "unknown: lesion_f2"),
+    ("cc_dice,ece", "calibration errors need predicted probabilities"),
+])
+def test_bad_family_names_exit_2_naming_the_valid_ones(tmp_path, capsys, names, message):
+    f = tmp_path / "x.npy"
+    np.save(f, labels3d())
+    code, _, err = run(capsys, f, f, "--metrics", names)
+    assert code == 2 and message in err
+    if "unknown" in message:
+        assert all(n in err for n in ("cc_dice", "lesion_f1", "pq", "cldice", "betti0", "betti2"))
+
+
+def test_family_metrics_in_the_report(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("skimage")
+    p, g = _family_case(tmp_path)
+    rep = tmp_path / "rep"
+    assert run(capsys, p, g, "--metrics", f"dice,{FAMILY}", "--report", rep)[0] == 0
+    page = (rep / "index.html").read_text()
+    assert 'class="families"' in page and "Voronoi cells" in page and "IoU &gt; 0.5" in page
+    assert "<td>lesion_f1</td>" in page and (rep / "label_1_boxplots.png").exists()

@@ -31,11 +31,42 @@ import numpy as np
 
 from .. import io as dio
 from ..metrics import surface
+from ..metrics.overlap import empty_fill
 from . import report as html_report
+
+# the families beside the overlap and surface metrics (label maps only: calibration needs probabilities)
+COMPONENT_METRICS = ("cc_dice",)
+LESION_METRICS = ("lesion_f1", "lesion_precision", "lesion_recall", "pq")
+TOPOLOGY_METRICS = ("cldice", "betti0", "betti1", "betti2")
+FAMILY_METRICS = COMPONENT_METRICS + LESION_METRICS + TOPOLOGY_METRICS
+ALL_METRICS = surface.METRICS + FAMILY_METRICS
+_ALIASES = {"betti": ("betti0", "betti1", "betti2"), "lesion": LESION_METRICS}
+_CALIBRATION = ("ece", "ace", "mce", "calibration")
+LESION_THRESHOLD = 0.5  # lesion matching: IoU > 0.5, one-to-one (lesion_metrics' defaults)
+
+FAMILY_DEFINITIONS = {
+    "cc_dice": "CC-Metrics Dice (Jaus et al., AAAI 2025): the image split into the Voronoi cells of the ground-truth "
+               "connected components (full connectivity: 8 in 2D, 26 in 3D; Euclidean distance in the spacing's "
+               "units), Dice of prediction and ground truth inside each cell, mean over the components of the case; "
+               "no ground-truth component: 0 when the prediction has one, the --empty value when neither has",
+    "lesion": "lesion-wise detection (panoptica, BraTS lesion-wise): connected components of prediction and ground "
+              "truth (full connectivity: 8 in 2D, 26 in 3D) matched one-to-one, greedily by IoU descending, a pair "
+              f"matching when IoU > {LESION_THRESHOLD}; lesion_precision = TP/(TP+FP), lesion_recall = TP/(TP+FN), "
+              "lesion_f1 = 2TP/(2TP+FP+FN) (= RQ), pq = SQ * RQ with SQ the mean IoU of the matched pairs; "
+              "no component in either: the --empty value, a zero denominator otherwise: 0",
+    "cldice": "hard clDice (Shit et al., CVPR 2021): 2 Tprec Tsens / (Tprec + Tsens), Tprec = |S(P) & T| / |S(P)|, "
+              "Tsens = |S(T) & P| / |S(T)|, S the scikit-image skeletonize (Zhang's thinning in 2D, Lee's in 3D; "
+              "a mask thinned away whole is its own skeleton); both empty: the --empty value, one empty: 0",
+    "betti": "Betti-number errors |beta_i(pred) - beta_i(gt)|: betti0 components, betti1 holes (2D) / tunnels (3D), "
+             "betti2 cavities (3D only; NaN in 2D); foreground connectivity 8 in 2D / 26 in 3D, background the "
+             "dual 4 / 6; defined for empty masks too (both empty: 0)",
+}
 
 DESCRIPTION = """\
 Score predicted label maps against ground truth, per case and label: dice, iou, precision, recall,
-avd, rvd, hd, hd95, assd, nsd (distances in the units of the voxel spacing).
+avd, rvd, hd, hd95, assd, nsd (distances in the units of the voxel spacing); on request (--metrics) the
+per-component Dice cc_dice, the lesion-wise lesion_f1, lesion_precision, lesion_recall, pq, and the
+topology metrics cldice, betti0, betti1, betti2. Calibration errors need probabilities: not for label maps.
 
 PRED and GT are two files or two folders; folder files are matched by name without the extension.
 Formats: .npy, .npz, .png, .tif, .nii, .nii.gz (2D or 3D). A case that cannot be read (a broken
@@ -97,14 +128,25 @@ def _parse_spacing(text: str | None) -> tuple[float, ...] | None:
 
 
 def _parse_metrics(text: str) -> tuple[str, ...]:
+    """The metric names asked for, in order, without repeats; ``all`` is the overlap and surface metrics
+    (as before the families were added), ``betti`` / ``lesion`` stand for their family."""
     if text.strip() == "all":
         return surface.METRICS
-    names = tuple(n for n in text.replace(" ", "").split(",") if n)
-    bad = [n for n in names if n not in surface.METRICS]
+    names: list[str] = []
+    for n in (n for n in text.replace(" ", "").split(",") if n):
+        for m in _ALIASES.get(n, (n,)):
+            if m not in names:
+                names.append(m)
+    calibration = [n for n in names if n in _CALIBRATION]
+    if calibration:
+        raise UsageError(f"--metrics: {', '.join(calibration)}: calibration errors need predicted probabilities, "
+                         "not label maps; use diceloss.metrics.calibration_error in Python")
+    bad = [n for n in names if n not in ALL_METRICS]
     if bad or not names:
-        valid = ", ".join(surface.METRICS)
-        raise UsageError(f"--metrics: expected names from {valid} (or all); got {text!r}")
-    return names
+        valid = ", ".join(ALL_METRICS)
+        raise UsageError(f"--metrics: expected names from {valid} (or all, betti, lesion); got {text!r}"
+                         + (f" (unknown: {', '.join(bad)})" if bad else ""))
+    return tuple(names)
 
 
 def _check_output(flag: str, path: str | None) -> None:
@@ -241,16 +283,121 @@ def evaluate_case(case: Case, opts: dict) -> CaseResult:
             res.warning = (f"spacing differs: prediction {pred.spacing} vs ground truth {gt.spacing}; "
                            "used the latter")
         res.spacing = tuple(float(s) for s in spacing[:ndim])
-        res.metrics = surface.segmentation_metrics(
-            pred.array, gt.array, labels=opts["labels"], metrics=opts["metrics"], spacing=res.spacing,
-            tolerance=opts["tolerance"], ignore_index=opts["ignore_index"],
-            include_background=opts["include_background"], empty=opts["empty"],
-            empty_distance=opts["empty_distance"], backend=opts["backend"],
-            surface=opts["surface"], percentile=opts["percentile"],
-        )
+        base = tuple(m for m in opts["metrics"] if m in surface.METRICS)
+        family = tuple(m for m in opts["metrics"] if m in FAMILY_METRICS)
+        scores: dict[int, dict[str, float]] = {}
+        if base:
+            scores = surface.segmentation_metrics(
+                pred.array, gt.array, labels=opts["labels"], metrics=base, spacing=res.spacing,
+                tolerance=opts["tolerance"], ignore_index=opts["ignore_index"],
+                include_background=opts["include_background"], empty=opts["empty"],
+                empty_distance=opts["empty_distance"], backend=opts["backend"],
+                surface=opts["surface"], percentile=opts["percentile"],
+            )
+        if family:
+            labels = list(scores) if base else opts["labels"]
+            extra = family_metrics(pred.array, gt.array, family, labels=labels, spacing=res.spacing,
+                                   ignore_index=opts["ignore_index"],
+                                   include_background=opts["include_background"], empty=opts["empty"])
+            for c, vals in extra.items():
+                scores.setdefault(c, {}).update(vals)
+        res.metrics = {c: {m: scores[c][m] for m in opts["metrics"]} for c in sorted(scores)}
     except Exception as err:  # one bad case must not stop the others
         res.error = _one_line(err)
     return res
+
+
+def _union_boxes(p: np.ndarray, t: np.ndarray, wanted: list[int]) -> dict[int, tuple[slice, ...] | None]:
+    """label -> bounding box of its voxels in either map, one voxel wider (clipped); None when absent from both.
+    One ``find_objects`` pass per map for non-negative integer maps, a mask per label otherwise."""
+    from scipy import ndimage
+
+    direct = all(np.issubdtype(a.dtype, np.integer) and a.size and int(a.min()) >= 0 and int(a.max()) < 2**16
+                 for a in (p, t))
+    found = [ndimage.find_objects(a) for a in (p, t)] if direct else None
+    out: dict[int, tuple[slice, ...] | None] = {}
+    for c in wanted:
+        if found is not None and c > 0:
+            boxes = [f[c - 1] for f in found if c <= len(f) and f[c - 1] is not None]
+        else:
+            boxes = []
+            for a in (p, t):
+                m = a == c
+                if m.any():
+                    boxes.append(tuple(
+                        slice(int(h[0]), int(h[-1]) + 1) for h in
+                        (np.flatnonzero(m.any(axis=tuple(j for j in range(a.ndim) if j != ax)))
+                         for ax in range(a.ndim))))
+        if not boxes:
+            out[c] = None
+            continue
+        out[c] = tuple(slice(max(min(b[i].start for b in boxes) - 1, 0), min(max(b[i].stop for b in boxes) + 1, n))
+                       for i, n in enumerate(p.shape))
+    return out
+
+
+def family_metrics(pred, gt, metrics: tuple[str, ...], *, labels=None, spacing=None, ignore_index=None,
+                   include_background: bool = False, empty: str = "one") -> dict[int, dict[str, float]]:
+    """The component, lesion-wise and topology metrics (``FAMILY_METRICS``) of one case, per label: label
+    -> metric -> value. Labels are chosen as :func:`diceloss.metrics.segmentation_metrics` chooses them;
+    ground-truth ``ignore_index`` voxels are background in both maps. Each label is scored inside the
+    bounding box of its voxels in either map plus one voxel (outside it both masks are empty, so the values
+    are those of the whole image). Definitions: ``FAMILY_DEFINITIONS``."""
+    from ..metrics.components import component_metrics, lesion_metrics
+    from ..metrics.topology import betti_errors, cldice_score
+
+    p, t = np.asarray(pred), np.asarray(gt)
+    if p.dtype == bool:
+        p = p.view(np.uint8)
+    if t.dtype == bool:
+        t = t.view(np.uint8)
+    keep = None
+    if ignore_index is not None and (t == ignore_index).any():
+        keep = t != ignore_index
+    if labels is None:
+        present = set(np.unique(p).tolist()) | set(np.unique(t).tolist())
+        wanted = sorted(c for c in present if (include_background or c != 0) and c != ignore_index)
+    else:
+        wanted = [int(c) for c in labels]
+    boxes = _union_boxes(p, t, wanted)
+    out: dict[int, dict[str, float]] = {}
+    for c in wanted:
+        box = boxes[c]
+        if box is None:
+            out[c] = blank_family(metrics, empty=empty, ndim=p.ndim)
+            continue
+        P, T = p[box] == c, t[box] == c
+        if keep is not None:
+            P &= keep[box]
+        row: dict[str, float] = {}
+        if not P.any() and not T.any():  # only ignored voxels held the label
+            out[c] = blank_family(metrics, empty=empty, ndim=p.ndim)
+            continue
+        if "cc_dice" in metrics:
+            row["cc_dice"] = float(component_metrics(P, T, ("dice",), spacing=spacing)["dice"])
+        if any(m in LESION_METRICS for m in metrics):
+            r = lesion_metrics(P, T, threshold=LESION_THRESHOLD, empty=empty)
+            row.update(lesion_f1=float(r["f1"]), lesion_precision=float(r["precision"]),
+                       lesion_recall=float(r["recall"]), pq=float(r["pq"]))
+        if "cldice" in metrics:
+            row["cldice"] = float(cldice_score(P, T, empty=empty))
+        if any(m.startswith("betti") for m in metrics):
+            e = betti_errors(P, T)
+            row.update(betti0=float(e[0]), betti1=float(e[1]), betti2=float(e[2]) if len(e) > 2 else math.nan)
+        out[c] = {m: row[m] for m in metrics}
+    return out
+
+
+def blank_family(metrics, *, empty: str = "one", ndim: int = 3) -> dict[str, float]:
+    """The family values of a label absent from both maps: the ``empty`` value for the scores, 0 for the Betti
+    errors (NaN for betti2 in 2D)."""
+    out = {}
+    for m in metrics:
+        if m.startswith("betti"):
+            out[m] = math.nan if m == "betti2" and ndim < 3 else 0.0
+        else:
+            out[m] = float(empty_fill(empty))
+    return out
 
 
 def _progress(total: int, enabled: bool):
@@ -374,10 +521,13 @@ def _fill_absent_labels(results: list[CaseResult], opts: dict) -> list[int]:
     scored = [r for r in results if r.error is None]
     labels = sorted({c for r in scored for c in r.metrics})
     if opts["labels"] is None:
-        blank = surface.empty_metrics(opts["metrics"], empty=opts["empty"])
+        base = tuple(m for m in opts["metrics"] if m in surface.METRICS)
+        family = tuple(m for m in opts["metrics"] if m in FAMILY_METRICS)
+        blank = surface.empty_metrics(base, empty=opts["empty"]) if base else {}
         for r in scored:
+            values = {**blank, **blank_family(family, empty=opts["empty"], ndim=len(r.shape or (0,) * 3))}
             for c in labels:
-                r.metrics.setdefault(c, dict(blank))
+                r.metrics.setdefault(c, {m: values[m] for m in opts["metrics"]})
             r.metrics = dict(sorted(r.metrics.items()))
     return labels
 
@@ -407,11 +557,12 @@ def _fmt(x: float) -> str:
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"{'label':>6}  {'metric':<10}{'mean':>12}{'std':>12}{'median':>12}{'n':>6}"]
+    w = max([10] + [len(m) + 1 for per_metric in summary.values() for m in per_metric])
+    lines = [f"{'label':>6}  {'metric':<{w}}{'mean':>12}{'std':>12}{'median':>12}{'n':>6}"]
     for c, per_metric in summary.items():
         for i, (m, s) in enumerate(per_metric.items()):
             lab = str(c) if i == 0 else ""
-            lines.append(f"{lab:>6}  {m:<10}{_fmt(s['mean']):>12}{_fmt(s['std']):>12}{_fmt(s['median']):>12}"
+            lines.append(f"{lab:>6}  {m:<{w}}{_fmt(s['mean']):>12}{_fmt(s['std']):>12}{_fmt(s['median']):>12}"
                          f"{s['n']:>6}")
     return "\n".join(lines)
 
@@ -444,10 +595,19 @@ def write_csv(path: str, results: list[CaseResult], metrics: tuple[str, ...], de
                 w.writerow([r.name, c, *(repr(float(vals[m])) for m in metrics), "", *extra])
 
 
+def family_definitions(metrics) -> dict[str, str]:
+    """Definition per family asked for (keys cc_dice, lesion, cldice, betti), for the JSON, terminal and report."""
+    keys = {"cc_dice": "cc_dice", "cldice": "cldice", **dict.fromkeys(LESION_METRICS, "lesion"),
+            **dict.fromkeys(("betti0", "betti1", "betti2"), "betti")}
+    return {keys[m]: FAMILY_DEFINITIONS[keys[m]] for m in metrics if m in keys}
+
+
 def _definitions(opts: dict) -> dict:
-    """The surface-distance definition eval used, for the JSON file and the terminal."""
+    """The surface-distance definition eval used, and those of the metric families asked for, for the JSON file
+    and the terminal."""
     return {"surface": opts["surface"], "percentile": opts["percentile"],
-            "name": surface.definition_name(opts["surface"], opts["percentile"])}
+            "name": surface.definition_name(opts["surface"], opts["percentile"]),
+            **family_definitions(opts["metrics"])}
 
 
 def write_json(path: str, results, summary, unmatched, opts, args) -> None:
@@ -507,6 +667,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"diceloss eval: error: {err}", file=sys.stderr)
         return 2
     opts["known_errors"] = known
+    opts["metric_definitions"] = family_definitions(opts["metrics"])
     if unmatched:
         print(f"{len(unmatched)} prediction(s) without ground truth, not scored: {', '.join(unmatched)}",
               file=sys.stderr)
@@ -518,6 +679,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"scored {n_ok} of {len(results)} case(s); labels {', '.join(map(str, labels)) or 'none'}")
     if any(m in surface.DISTANCE_METRICS for m in opts["metrics"]):
         print(f"surface distances: {_definitions(opts)['name']}")
+    for key, text in family_definitions(opts["metrics"]).items():
+        print(f"{key}: {text}")
     if summary:
         print(format_table(summary))
     # every CSV row names the surface-distance definition it was scored with (numbers of different definitions
@@ -564,8 +727,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1.0,
                    help="NSD tolerance in the spacing's units (default 1)")
     p.add_argument("--metrics", default=",".join(surface.DEFAULT_METRICS),
-                   help=f"comma-separated, from {', '.join(surface.METRICS)}, or all "
-                        f"(default: all but hd)")
+                   help=f"comma-separated, from {', '.join(surface.METRICS)}, or all (these ten; default: all "
+                        f"but hd); and the families {', '.join(FAMILY_METRICS)} (betti2 3D only; 'betti', "
+                        f"'lesion' name a family), defined in the JSON's definitions. Calibration errors (ece, "
+                        f"ace, mce) need probabilities, not label maps: not available here")
     p.add_argument("--csv", metavar="FILE", help="write one row per case and label")
     p.add_argument("--json", metavar="FILE", help="write every case, the failures and the summary")
     p.add_argument("--report", metavar="DIR", help="write DIR/index.html: box plots per label, worst cases, "

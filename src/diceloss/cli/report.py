@@ -3,7 +3,9 @@
 ``DIR/index.html`` holds the summary table (mean, std, median, n per label and metric), per label a box plot
 of each metric over the cases and the worst cases (lowest Dice, highest HD95, with their values), a
 histogram of HD95 per label, the definitions used (every metric option eval ran with, the surface-distance
-definition among them when eval has one) and the failed cases. The page is self-contained: images by
+definition among them when eval has one, and the definitions of the component, lesion-wise and topology
+metrics asked for: connectivity, matching rule and threshold, skeleton method) and the failed cases. Every
+metric asked for, these families included, gets its box plot. The page is self-contained: images by
 relative path, no script, no network; every text that comes from a file name or an error is escaped.
 
 matplotlib (Agg backend) draws the plots; it is optional: :func:`check` says, before any case is scored,
@@ -35,7 +37,7 @@ _OPTION_TEXT = {
     "percentile": "HD95 percentile (directed: per direction, then the larger, as MONAI; pooled: as medpy)",
     "backend": "distance transform",
 }
-_SKIP_OPTIONS = {"known_errors", "npz_key"}
+_SKIP_OPTIONS = {"known_errors", "npz_key", "metric_definitions"}
 
 
 def check(path: str) -> str | None:
@@ -225,6 +227,10 @@ def write(path: str, results, summary: dict, labels: list[int], opts: dict, unma
     parts.append(_table(["option", "value", "meaning"], rows, "definitions"))
     parts.append("<p>Distances (hd, hd95, assd) are in the units of the spacing. hd95 is the 95th percentile of "
                  "the surface distances, nsd the fraction of surface within the tolerance.</p>")
+    families = opts.get("metric_definitions") or {}
+    if families:  # component, lesion-wise and topology metrics: connectivity, matching rule, skeleton method
+        parts.append(_table(["metric family", "definition"],
+                            [[html.escape(k), html.escape(v)] for k, v in families.items()], "families"))
 
     # failures
     parts.append('<h2 id="failed">Failed cases</h2>')

@@ -48,6 +48,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from .._checks import check_choice
+from ..transforms import _components, _mask, _spacing, _structure, voronoi_cells  # voronoi_cells: re-exported
 from .overlap import EMPTY_POLICIES
 from .surface import METRICS, segmentation_metrics
 
@@ -55,84 +56,16 @@ __all__ = ["connected_components", "voronoi_cells", "component_metrics", "lesion
 
 AGGREGATES = ("case", "components")
 MATCHES = ("iou", "overlap")
-_COUNTS = {2: {4: 1, 8: 2}, 3: {6: 1, 18: 2, 26: 3}}
-
-
-def _mask(x: object, name: str, label: int | None) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")
-    if x.ndim < 1:
-        raise ValueError(f"{name} must have at least one spatial axis, got a 0-d array")
-    if label is not None:
-        return x == label
-    if x.dtype == np.bool_:
-        return x
-    values = np.unique(x)
-    if not np.isin(values, (0, 1)).all():
-        raise ValueError(f"{name} must be a binary mask (bool or 0/1) unless label= names one label; "
-                         f"got values {values[:8].tolist()}{' ...' if values.size > 8 else ''}")
-    return x.astype(bool)
-
-
-def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
-    if connectivity is None:
-        rank = ndim
-    elif isinstance(connectivity, numbers.Integral) and 1 <= int(connectivity) <= ndim:
-        rank = int(connectivity)
-    elif isinstance(connectivity, numbers.Integral) and int(connectivity) in _COUNTS.get(ndim, {}):
-        rank = _COUNTS[ndim][int(connectivity)]
-    else:
-        counts = sorted(_COUNTS.get(ndim, {}))
-        raise ValueError(f"connectivity must be None, a rank 1..{ndim} or a neighbour count in {counts} "
-                         f"for {ndim}-D masks, got {connectivity!r}")
-    return ndimage.generate_binary_structure(ndim, rank)
-
-
-def _spacing(spacing: float | Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
-    if spacing is None:
-        return None
-    s = (float(spacing),) * ndim if isinstance(spacing, numbers.Real) else tuple(float(v) for v in spacing)
-    if len(s) != ndim or not all(v > 0 for v in s):
-        raise ValueError(f"spacing must be one positive number or {ndim} positive numbers, got {spacing!r}")
-    return s
 
 
 def connected_components(mask: np.ndarray | Tensor, *, connectivity: int | None = None) -> tuple[np.ndarray, int]:
     """Connected components of a binary mask: ``(ids, n)``, ids 1..n on the mask and 0 elsewhere (int32).
 
     ``connectivity``: ``None`` (full: 8 in 2D, 26 in 3D), a rank 1..ndim or a neighbour count (see the
-    module docstring).
+    module docstring). The per-class, any-kind version for data loaders is
+    :func:`diceloss.transforms.label_components`.
     """
-    m = _mask(mask, "mask", None)
-    ids, n = ndimage.label(m, structure=_structure(m.ndim, connectivity))
-    return ids.astype(np.int32, copy=False), int(n)
-
-
-def voronoi_cells(
-    gt: np.ndarray | Tensor,
-    *,
-    connectivity: int | None = None,
-    spacing: float | Sequence[float] | None = None,
-) -> tuple[np.ndarray, int]:
-    """The Voronoi cells of the connected components of ``gt``: ``(cells, n)``.
-
-    ``cells[x]`` = the id (1..n) of the component nearest to voxel x (Euclidean distance in the units of
-    ``spacing``; SciPy's ``distance_transform_edt`` with ``return_indices``), all 0 when ``gt`` is empty.
-    Computed once per reference, it can be cached beside the case (it depends on the reference only).
-
-    Example:
-        >>> gt = np.array([1, 0, 0, 0, 0, 1, 1], dtype=bool)
-        >>> voronoi_cells(gt)[0].tolist()
-        [1, 1, 1, 2, 2, 2, 2]
-    """
-    ids, n = connected_components(gt, connectivity=connectivity)
-    if n == 0:
-        return np.zeros(ids.shape, dtype=np.int32), 0
-    idx = ndimage.distance_transform_edt(ids == 0, sampling=_spacing(spacing, ids.ndim),
-                                         return_distances=False, return_indices=True)
-    return ids[tuple(idx)], n
+    return _components(_mask(mask, "mask", None), connectivity)
 
 
 def _bboxes(cells: np.ndarray, n: int) -> list[tuple[slice, ...]]:

@@ -60,6 +60,7 @@ import numpy as np
 from torch import Tensor
 
 from .._checks import check_choice
+from ..transforms import _require, _skeletonize, _structure
 from .overlap import EMPTY_POLICIES, empty_fill
 from .surface import _as_label_array
 
@@ -67,17 +68,6 @@ DUAL_CONNECTIVITY = {4: 8, 8: 4, 6: 26, 26: 6}
 """The background connectivity that goes with each foreground connectivity (2D: 4 <-> 8; 3D: 6 <-> 26)."""
 
 _CONNECTIVITIES = {2: (8, 4), 3: (26, 6)}  # per ndim: (full = default, face)
-
-
-def _require(module: str, what: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:  # pragma: no cover - the test environment has both
-        package = "scikit-image" if module.startswith("skimage") else "scipy"
-        raise ImportError(f"{what} needs {package} (pip install {package}, or pip install 'diceloss[transforms]')"
-                          ) from err
 
 
 def _check_connectivity(connectivity: int | None, ndim: int) -> int:
@@ -90,12 +80,6 @@ def _check_connectivity(connectivity: int | None, ndim: int) -> int:
         raise ValueError(f"connectivity must be {allowed[0]} or {allowed[1]} for a {ndim}D mask (the foreground's "
                          f"neighbours; the background takes the dual one), got {connectivity!r}")
     return int(connectivity)
-
-
-def _structure(ndimage, ndim: int, connectivity: int) -> np.ndarray:
-    """scipy's structuring element of ``connectivity`` neighbours (face: rank 1; full: rank ndim)."""
-    rank = 1 if connectivity in (4, 6) else ndim
-    return ndimage.generate_binary_structure(ndim, rank)
 
 
 def _euler_characteristic(ndimage, mask: np.ndarray, connectivity: int) -> int:
@@ -144,8 +128,8 @@ def _betti(ndimage, mask: np.ndarray, connectivity: int) -> tuple[int, ...]:
     if cropped is None:
         return (0,) * ndim
     m = np.pad(cropped[0], 1)  # a frame of background: the outside is one background component
-    _, b0 = ndimage.label(m, structure=_structure(ndimage, ndim, connectivity))
-    _, nb = ndimage.label(~m, structure=_structure(ndimage, ndim, DUAL_CONNECTIVITY[connectivity]))
+    _, b0 = ndimage.label(m, structure=_structure(ndim, connectivity))
+    _, nb = ndimage.label(~m, structure=_structure(ndim, DUAL_CONNECTIVITY[connectivity]))
     enclosed = int(nb) - 1  # every background component but the outside one
     if ndim == 2:
         return int(b0), enclosed
@@ -216,8 +200,8 @@ def _label_masks(pred, target, labels, ignore_index, include_background):
     return binary and labels is None, out
 
 
-def _skeleton(skeletonize, mask: np.ndarray) -> np.ndarray:
-    s = skeletonize(mask)
+def _skeleton(mask: np.ndarray) -> np.ndarray:
+    s = _skeletonize(mask, "cldice_score")
     return s if s.any() else mask  # a blob the thinning deletes whole is its own skeleton
 
 
@@ -253,7 +237,7 @@ def cldice_score(
         0.7273
     """
     check_choice("empty", empty, EMPTY_POLICIES)
-    skeletonize = _require("skimage.morphology", "cldice_score").skeletonize
+    _require("skimage.morphology", "cldice_score")
     single, rows = _label_masks(pred, target, labels, ignore_index, include_background)
     out = {}
     for c, P, T in rows:
@@ -265,7 +249,7 @@ def cldice_score(
         if not P.any() or not T.any():
             out[c] = 0.0
             continue
-        sp, st = _skeleton(skeletonize, P), _skeleton(skeletonize, T)
+        sp, st = _skeleton(P), _skeleton(T)
         tprec = np.count_nonzero(sp & T) / np.count_nonzero(sp)
         tsens = np.count_nonzero(st & P) / np.count_nonzero(st)
         out[c] = 0.0 if tprec + tsens == 0 else float(2 * tprec * tsens / (tprec + tsens))
