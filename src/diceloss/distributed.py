@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -90,3 +92,22 @@ def all_reduce_sum_(tensor: Tensor, group=None) -> Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor
+
+
+def sum_state_over_ranks(state: Tensor | None, zeros: Callable[[torch.device], Tensor], group=None) -> Tensor:
+    """An accumulating metric's state summed over the ranks of ``group`` (the state itself outside one).
+
+    A rank that saw no batch (``state`` None) must still join the all-reduce, or the others hang: it contributes
+    ``zeros(device)``, on the device the group's backend needs (CUDA for NCCL). ``zeros`` may raise to say what
+    the metric needs to know to make them.
+    """
+    in_group = dist.is_available() and dist.is_initialized()
+    if state is None:
+        device = torch.device("cpu")
+        if in_group and dist.get_backend(group) == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        state = zeros(device)
+    if in_group:
+        state = all_reduce_sum_(state.clone(), group)
+    return state
+

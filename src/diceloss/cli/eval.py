@@ -354,11 +354,9 @@ def family_metrics(pred, gt, metrics: tuple[str, ...], *, labels=None, spacing=N
     keep = None
     if ignore_index is not None and (t == ignore_index).any():
         keep = t != ignore_index
-    if labels is None:
-        present = set(np.unique(p).tolist()) | set(np.unique(t).tolist())
-        wanted = sorted(c for c in present if (include_background or c != 0) and c != ignore_index)
-    else:
-        wanted = [int(c) for c in labels]
+    present = () if labels is not None else set(np.unique(p).tolist()) | set(np.unique(t).tolist())
+    wanted = surface.select_labels(present, labels, binary=False, include_background=include_background,
+                                   ignore_index=ignore_index)
     boxes = _union_boxes(p, t, wanted)
     out: dict[int, dict[str, float]] = {}
     for c in wanted:

@@ -318,17 +318,7 @@ class CalibrationErrorMetric:
 
     def compute(self, reduction: str = "mean") -> Tensor:
         _checks.check_choice("reduction", reduction, ("none", "mean"))
-        import torch.distributed as dist
-
-        in_group = dist.is_available() and dist.is_initialized()
-        state = self._state
-        if state is None:
-            device = torch.device("cpu")
-            if in_group and dist.get_backend(self.process_group) == "nccl":
-                device = torch.device("cuda", torch.cuda.current_device())
-            state = self._zeros(device)
-        if in_group:
-            state = distributed.all_reduce_sum_(state.clone(), self.process_group)
+        state = distributed.sum_state_over_ranks(self._state, self._zeros, self.process_group)
         return errors_of_state(state, self.kind, self.aggregation, reduction)
 
 

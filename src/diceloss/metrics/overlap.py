@@ -389,26 +389,19 @@ class DiceMetric:
             raise ValueError(f"update with {state.shape[1]} classes after {self._state.shape[1]}")
         self._state = state if self._state is None else self._state + state
 
+    def _zeros(self, device: torch.device) -> Tensor:
+        """The state of a rank that saw no batch."""
+        if self.num_classes is None and self.mode != "binary":
+            raise RuntimeError(
+                "DiceMetric.compute() called before any update(); pass num_classes to the constructor so that "
+                "a rank without data can contribute zeros"
+            )
+        classes = 1 if self.mode == "binary" else self.num_classes
+        return torch.zeros(4, classes, dtype=torch.float64, device=device)
+
     def compute(self, reduction: str = "mean") -> Tensor:
         _checks.check_choice("reduction", reduction, ("none", "mean"))
-        import torch.distributed as dist
-
-        in_group = dist.is_available() and dist.is_initialized()
-        state = self._state
-        if state is None:
-            # A rank that saw no batch must still join the all-reduce, with zeros, or the others hang.
-            if self.num_classes is None and self.mode != "binary":
-                raise RuntimeError(
-                    "DiceMetric.compute() called before any update(); pass num_classes to the constructor so that "
-                    "a rank without data can contribute zeros"
-                )
-            classes = 1 if self.mode == "binary" else self.num_classes
-            device = torch.device("cpu")
-            if in_group and dist.get_backend(self.process_group) == "nccl":
-                device = torch.device("cuda", torch.cuda.current_device())
-            state = torch.zeros(4, classes, dtype=torch.float64, device=device)
-        if in_group:
-            state = distributed.all_reduce_sum_(state.clone(), self.process_group)
+        state = distributed.sum_state_over_ranks(self._state, self._zeros, self.process_group)
         if self.aggregation == "sample":
             score = _score(state[0], state[1], "nan")
         else:

@@ -320,6 +320,21 @@ class LabelSurface:
     w_target: np.ndarray | None = None
 
 
+def select_labels(present, labels, *, binary: bool, include_background: bool, ignore_index: int | None) -> list[int]:
+    """The labels a per-label metric evaluates: ``labels`` as given (checked), else every label present in either
+    map (1 for two bool masks), less background unless ``include_background``, less ``ignore_index``."""
+    if labels is None:
+        if binary:
+            return [1]
+        return sorted(c for c in present if (include_background or c != 0) and c != ignore_index)
+    wanted = [int(c) for c in labels]
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"labels must not repeat, got {wanted}")
+    if ignore_index is not None and ignore_index in wanted:
+        raise ValueError(f"labels must not contain ignore_index={ignore_index}, got {wanted}")
+    return wanted
+
+
 def label_surfaces(
     pred: np.ndarray | Tensor,
     target: np.ndarray | Tensor,
@@ -389,21 +404,8 @@ def label_surfaces(
         G = _counts(t, direct)
         inter = _counts(t[p == t], direct)
         present = set(P) | set(G)
-    if labels is None:
-        if binary:
-            wanted = [1]
-        else:
-            wanted = sorted(present)
-            if not include_background:
-                wanted = [c for c in wanted if c != 0]
-            if ignore_index is not None:
-                wanted = [c for c in wanted if c != ignore_index]
-    else:
-        wanted = [int(c) for c in labels]
-        if len(set(wanted)) != len(wanted):
-            raise ValueError(f"labels must not repeat, got {wanted}")
-        if ignore_index is not None and ignore_index in wanted:
-            raise ValueError(f"labels must not contain ignore_index={ignore_index}, got {wanted}")
+    wanted = select_labels(present, labels, binary=binary, include_background=include_background,
+                           ignore_index=ignore_index)
     if not distances:
         return [LabelSurface(c, inter.get(c, 0), P.get(c, 0), G.get(c, 0)) for c in wanted]
 

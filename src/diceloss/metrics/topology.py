@@ -62,7 +62,7 @@ from torch import Tensor
 from .._checks import check_choice
 from ..transforms import _require, _skeletonize, _structure
 from .overlap import EMPTY_POLICIES, empty_fill
-from .surface import _as_label_array
+from .surface import _as_label_array, select_labels
 
 DUAL_CONNECTIVITY = {4: 8, 8: 4, 6: 26, 26: 6}
 """The background connectivity that goes with each foreground connectivity (2D: 4 <-> 8; 3D: 6 <-> 26)."""
@@ -175,21 +175,9 @@ def _label_masks(pred, target, labels, ignore_index, include_background):
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
             raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
         keep = t != ignore_index
-    if labels is None:
-        if binary:
-            wanted = [1]
-        else:
-            wanted = sorted(set(np.unique(p).tolist()) | set(np.unique(t).tolist()))
-            if not include_background:
-                wanted = [c for c in wanted if c != 0]
-            if ignore_index is not None:
-                wanted = [c for c in wanted if c != ignore_index]
-    else:
-        wanted = [int(c) for c in labels]
-        if len(set(wanted)) != len(wanted):
-            raise ValueError(f"labels must not repeat, got {wanted}")
-        if ignore_index is not None and ignore_index in wanted:
-            raise ValueError(f"labels must not contain ignore_index={ignore_index}, got {wanted}")
+    present = () if labels is not None or binary else set(np.unique(p).tolist()) | set(np.unique(t).tolist())
+    wanted = select_labels(present, labels, binary=binary, include_background=include_background,
+                           ignore_index=ignore_index)
     out = []
     for c in wanted:
         P, T = p == c, t == c
