@@ -66,7 +66,10 @@ class LossInfo:
                   ``"focal"``; the key of ``module.components``), or ``None``.
     soft_targets: the loss is minimal at ``p = g`` for soft (probability) targets and ``soft_label=True``
                   applies to it; False for the focal term, which is not a proper scoring rule.
-    head:         the loss is a head on the statistics (``diceloss.compute_stats``); all of them today.
+    head:         the loss is a head on the statistics (``diceloss.compute_stats``); False for Lovász, clDice,
+                  Hausdorff-DT: the generic tests then skip the checks that read the statistics.
+    shared:       the subset of ``SHARED_OPTIONS`` the loss takes (all of them for a head; a loss that is not a
+                  head takes only those it can honour, and refuses ``batch_dice`` and the like by signature).
     example:      non-default options for a multiclass input with C = 3 (module == function, smoke tests).
     """
 
@@ -79,6 +82,7 @@ class LossInfo:
     soft_targets: bool = True
     head: bool = True
     example: dict = dataclasses.field(default_factory=dict)
+    shared: frozenset = SHARED_OPTIONS
 
     @property
     def compound(self) -> bool:
@@ -86,7 +90,7 @@ class LossInfo:
 
     def takes(self, *options: str) -> bool:
         """Whether the loss accepts every one of ``options``."""
-        return set(options) <= SHARED_OPTIONS | self.options
+        return set(options) <= self.shared | self.options
 
     def accepted(self, opts: dict) -> dict:
         """``opts`` without the options this loss does not take."""

@@ -44,7 +44,7 @@ _COMMON_DOC = """
 
 class _Option:
     """A module attribute that lives in the module's options object or head (``path``: "_options", "_head" or
-    "_head.dice"). Reading it reads that field; setting it makes a new options object or head with the
+    "_head.dice"; a loss without a head keeps every option in a frozen dataclass ``_options``). Reading it reads that field; setting it makes a new options object or head with the
     field replaced, which validates it again, and the module checks the pair before keeping it."""
 
     def __init__(self, path: str = "_options") -> None:
@@ -69,6 +69,9 @@ class _Option:
         new = dataclasses.replace(chain[-1], **{self.name: value})
         for parent, part in zip(reversed(chain[:-1]), reversed(inner)):
             new = dataclasses.replace(parent, **{part: new})
+        if not hasattr(obj, "_head"):  # a loss that is not a head on the statistics: its options object alone
+            obj._options = new
+            return
         options, head = (new, obj._head) if root == "_options" else (obj._options, new)
         head.check_reduction(options.reduction)
         obj._options, obj._head = options, head
