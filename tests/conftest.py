@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -95,6 +96,18 @@ class LossInfo:
     def accepted(self, opts: dict) -> dict:
         """``opts`` without the options this loss does not take."""
         return {k: v for k, v in opts.items() if self.takes(k)}
+
+    def _plumbed(self, kw: dict, params) -> dict:
+        # a loss that is not a head has no backend / distributed keywords: the generic tests' plumbing drops out
+        return {k: v for k, v in kw.items() if k not in PLUMBING or k in params}
+
+    def call(self, *args, **kw):
+        """``function(*args, **kw)`` without the plumbing keywords (``backend`` ...) the function does not take."""
+        return self.function(*args, **self._plumbed(kw, inspect.signature(self.function).parameters))
+
+    def make(self, **kw):
+        """``module(**kw)`` without the plumbing keywords the module does not take."""
+        return self.module(**self._plumbed(kw, inspect.signature(self.module).parameters))
 
     def __repr__(self) -> str:
         return f"LossInfo({self.name})"

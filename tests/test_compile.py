@@ -62,7 +62,7 @@ def _data(mode, seed=0):
 def test_compile_fullgraph_matches_eager(info):
     kw, mode, use_mask, compiler = _case(info)
     torch._dynamo.reset()
-    loss = info.module(mode=mode, backend="reference", **kw)
+    loss = info.make(mode=mode, backend="reference", **kw)
     x, t = _data(mode)
     t = torch.where(t == 255, torch.full_like(t, kw.get("ignore_index", 0)), t)
     mask = (torch.arange(64).reshape(8, 8) % 5 != 0).expand(2, 8, 8) if use_mask else None

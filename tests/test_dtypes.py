@@ -30,9 +30,9 @@ def large_case():
 @pytest.mark.parametrize("info", LOSSES)
 def test_float16_large_input_matches_float64(large_case, info):
     x, t = large_case
-    got = info.function(x, t, backend=BACKEND)
+    got = info.call(x, t, backend=BACKEND)
     assert got.dtype == torch.float32  # the statistics, and so the loss, are float32
-    want = info.function(x.double(), t, backend=BACKEND)
+    want = info.call(x.double(), t, backend=BACKEND)
     assert torch.isfinite(got)
     assert abs(float(got) - float(want)) < 1e-3
     # far better than required: float32 sums of 262144 terms
@@ -73,7 +73,7 @@ def test_half_inputs_every_loss(info, dtype, mode):
         t = torch.randint(0, C, (2, 16, 16), generator=g)
     else:
         t = (torch.rand(2, C, 16, 16, generator=g) > 0.5).to(dtype)
-    fn = info.function
+    fn = info.call
     xi = x.clone().requires_grad_(True)
     got = fn(xi, t, mode=mode, backend=BACKEND)
     assert got.dtype == torch.float32

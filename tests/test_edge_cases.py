@@ -24,9 +24,9 @@ def test_boolean_options_take_bools_only(info, name, value):
     """Strings from YAML / argparse configs ("False" is truthy) and numbers are refused, naming the option."""
     x, t = torch.randn(2, 3, 8), torch.randint(0, 3, (2, 8))
     with pytest.raises(TypeError, match=f"{name} must be True or False, got {value!r}"):
-        info.module(**{name: value})
+        info.make(**{name: value})
     with pytest.raises(TypeError, match=f"{name} must be True or False, got {value!r}"):
-        info.function(x, t, **{name: value})
+        info.call(x, t, **{name: value})
 
 
 def test_distributed_takes_bools_only_and_numpy_bools_are_bools():

@@ -38,7 +38,7 @@ CASES = {
     **{info.name: (info, _OPTIONS.get(info.name, {})) for info in losses(lambda info: not info.compound)},
     **{name: (LOSS[base], opts) for name, (base, opts) in _VARIANTS.items()},
 }
-OVERLAP = {name: functools.partial(info.function, **opts) for name, (info, opts) in CASES.items()}
+OVERLAP = {name: functools.partial(info.call, **opts) for name, (info, opts) in CASES.items()}
 
 
 def _binary(p, g):
@@ -148,7 +148,7 @@ def test_log_dice_gradient_does_not_vanish_far_below_the_floor():
 def test_everything_ignored_gives_zero_not_nan(info):
     x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
     t = torch.full((2, 6), 255)
-    loss = info.function(x, t, ignore_index=255, backend=BACKEND)
+    loss = info.call(x, t, ignore_index=255, backend=BACKEND)
     assert float(loss.detach()) == pytest.approx(0.0, abs=1e-12)
     (grad,) = torch.autograd.grad(loss, x)
     assert torch.all(grad == 0)
@@ -296,7 +296,7 @@ def test_gdl_binary_empty_target():
 
 @pytest.mark.parametrize("info", losses(lambda info: not info.compound))
 def test_zero_smoothing_both_empty_is_a_perfect_match_not_nan(info):
-    fn = info.function
+    fn = info.call
     p = torch.zeros(1, 1, 8, dtype=torch.float64, requires_grad=True)
     g = torch.zeros(1, 1, 8, dtype=torch.float64)
     loss = fn(p, g, mode="binary", from_logits=False, smooth_nr=0.0, smooth_dr=0.0)

@@ -31,7 +31,7 @@ def _mc(B=2, C=4, S=(5, 6), seed=0):
 def test_index_one_hot_and_soft_one_hot_targets_agree(info, opts):
     x, t = _mc()
     opts = info.accepted(opts)  # e.g. no weight / squared for Generalized Dice
-    kind, fn = info.name, info.function
+    kind, fn = info.name, info.call
     onehot = F.one_hot(t, 4).movedim(-1, 1)
     variants = {
         "index": t,
@@ -58,15 +58,15 @@ def test_index_one_hot_and_soft_one_hot_targets_agree(info, opts):
 def test_soft_label_with_hard_targets_equals_ordinary_loss_every_mode(info):
     x, t = _mc()
     for mode, target in (("multiclass", t), ("multilabel", F.one_hot(t, 4).movedim(-1, 1).double())):
-        a = info.function(x, target, mode=mode, backend=BACKEND)
-        b = info.function(x, target, mode=mode, soft_label=True, backend=BACKEND)
+        a = info.call(x, target, mode=mode, backend=BACKEND)
+        b = info.call(x, target, mode=mode, soft_label=True, backend=BACKEND)
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("info", LOSSES)
 @pytest.mark.parametrize("S", [(7,), (3, 4), (2, 3, 4), (2, 2, 2, 3)])
 def test_any_number_of_spatial_dimensions(info, S):
-    fn = info.function
+    fn = info.call
     x, t = _mc(S=S, seed=len(S))
     mask = torch.arange(t[0].numel()).reshape(S) % 3 != 0
     mask = mask.expand_as(t)
@@ -91,7 +91,7 @@ def test_any_number_of_spatial_dimensions(info, S):
 
 @pytest.mark.parametrize("info", LOSSES)
 def test_binary_shapes(info):
-    fn = info.function
+    fn = info.call
     g = seeded(2)
     x = torch.randn(3, 1, 4, 5, generator=g, dtype=torch.float64)
     y = (torch.rand(3, 1, 4, 5, generator=g) > 0.5).double()
@@ -150,8 +150,8 @@ def _reduction_case(mode):
 def test_reduction_mean_and_sum_are_scalars(info, mode):
     x, t = _reduction_case(mode)
     for reduction in ("mean", "sum"):
-        assert info.function(x, t, mode=mode, reduction=reduction, backend=BACKEND).shape == ()
-        assert info.function(x, t, mode=mode, reduction=reduction, batch_dice=True, backend=BACKEND).shape == ()
+        assert info.call(x, t, mode=mode, reduction=reduction, backend=BACKEND).shape == ()
+        assert info.call(x, t, mode=mode, reduction=reduction, batch_dice=True, backend=BACKEND).shape == ()
 
 
 @pytest.mark.parametrize("info", losses(lambda info: info.unreduced is None))
@@ -159,14 +159,14 @@ def test_reduction_mean_and_sum_are_scalars(info, mode):
 def test_reduction_none_refused_by_compound_losses(info, mode):
     x, t = _reduction_case(mode)
     with pytest.raises(ValueError, match="not 'none'"):
-        info.function(x, t, mode=mode, reduction="none", backend=BACKEND)
+        info.call(x, t, mode=mode, reduction="none", backend=BACKEND)
 
 
 @pytest.mark.parametrize("info", losses(lambda info: info.unreduced == "group"))
 @pytest.mark.parametrize("mode", MODES)
 def test_reduction_none_one_value_per_group(info, mode):
     x, t = _reduction_case(mode)
-    fn = info.function
+    fn = info.call
     none = fn(x, t, mode=mode, reduction="none", backend=BACKEND)
     batch = fn(x, t, mode=mode, reduction="none", batch_dice=True, backend=BACKEND)
     nobg = fn(x, t, mode=mode, reduction="none", include_background=False, backend=BACKEND)
@@ -177,7 +177,7 @@ def test_reduction_none_one_value_per_group(info, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_reduction_none_one_value_per_class(info, mode):
     x, t = _reduction_case(mode)
-    fn = info.function
+    fn = info.call
     C = x.shape[1]
     none = fn(x, t, mode=mode, reduction="none", backend=BACKEND)
     batch = fn(x, t, mode=mode, reduction="none", batch_dice=True, backend=BACKEND)
@@ -189,7 +189,7 @@ def test_reduction_none_one_value_per_class(info, mode):
 @pytest.mark.parametrize("info", losses(lambda info: info.unreduced == "class"))
 def test_reduction_none_ignore_index_of_a_real_class_drops_its_column(info):
     x, t = _reduction_case("multiclass")
-    fn = info.function
+    fn = info.call
     C = x.shape[1]
     # ignore_index naming a real class drops that column too
     t2 = t.clone()

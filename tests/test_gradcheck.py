@@ -105,7 +105,7 @@ def test_gradcheck(info, mode, opts):
     if mode == "binary" and "weight" in kw:
         kw["weight"] = kw["weight"][:1]
     x.requires_grad_(True)
-    fn = info.function
+    fn = info.call
 
     def f(inp):
         return fn(inp, t, mask, mode=mode, backend=BACKEND, **kw)
@@ -122,7 +122,7 @@ def test_gradcheck_full_jacobian(info, mode):
     x.requires_grad_(True)
     kw = {"reduction": "none"} if info.unreduced is not None else {}
     assert torch.autograd.gradcheck(
-        lambda inp: info.function(inp, t, mask, mode=mode, backend=BACKEND, **kw), (x,)
+        lambda inp: info.call(inp, t, mask, mode=mode, backend=BACKEND, **kw), (x,)
     )
 
 
@@ -132,7 +132,7 @@ def test_gradcheck_spatial_2d_and_batch_dice_multilabel(info):
     x = torch.randn(2, 2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
     t = (torch.rand(2, 2, 3, 2, generator=g) > 0.5).double()
     assert torch.autograd.gradcheck(
-        lambda inp: info.function(inp, t, mode="multilabel", batch_dice=True, backend=BACKEND), (x,)
+        lambda inp: info.call(inp, t, mode="multilabel", batch_dice=True, backend=BACKEND), (x,)
     )
 
 
@@ -176,6 +176,6 @@ def test_gradient_finite_at_probabilities_zero_and_one(info, mode):
     else:
         t = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64).expand(2, c, 6)
     p.requires_grad_(True)
-    loss = info.function(p, t, mode=mode, from_logits=False, backend=BACKEND)
+    loss = info.call(p, t, mode=mode, from_logits=False, backend=BACKEND)
     (grad,) = torch.autograd.grad(loss, p)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()

@@ -521,11 +521,11 @@ def test_options_fail_in_the_constructor_not_at_the_first_batch():
     # each module refuses a bad option when it is built; the functions refuse it before computing
     for info in LOSSES:
         with pytest.raises(ValueError):
-            info.module(reduction="bogus")
+            info.make(reduction="bogus")
     x, t = _mc()
     for info in LOSSES:
         with pytest.raises(ValueError):
-            info.function(x, t, reduction="bogus")
+            info.call(x, t, reduction="bogus")
 
 
 @pytest.mark.parametrize("fn", ALL_FUNCS)

@@ -11,7 +11,7 @@ import diceloss
 from diceloss import functional as DF
 
 MODULES = [info.module for info in LOSSES]
-FUNCTION_OF = {info.module: info.function for info in LOSSES}
+FUNCTION_OF = {info.module: info.call for info in LOSSES}
 
 # (attribute, bad value, error type, message fragment): each is also refused by the constructor
 BAD_SHARED = [

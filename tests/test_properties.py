@@ -16,8 +16,8 @@ BACKEND = "reference"
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
 # from the registry (tests/conftest.py): the losses with a value per class, and all of them
-PER_CLASS = {info.name: info.function for info in losses(lambda info: info.unreduced == "class")}
-ALL = {info.name: info.function for info in LOSSES}
+PER_CLASS = {info.name: info.call for info in losses(lambda info: info.unreduced == "class")}
+ALL = {info.name: info.call for info in LOSSES}
 # the losses that reach exactly 0 at p = g (no pixel-wise term), also for soft targets
 OVERLAP_ONLY = [info.name for info in losses(lambda info: not info.compound)]
 

@@ -73,7 +73,7 @@ HAND_CASES = [
 @pytest.mark.parametrize("kind,opts,expected", HAND_CASES)
 def test_hand_values(kind, opts, expected):
     x, t = hand_input()
-    got = LOSS[kind].function(x, t, **NO_SMOOTH, **opts)
+    got = LOSS[kind].call(x, t, **NO_SMOOTH, **opts)
     assert float(got) == pytest.approx(expected, abs=1e-12)
 
 
@@ -263,7 +263,7 @@ def test_against_oracle(kind, mode, opts):
     if use_mask:
         mask = (torch.arange(x.shape[-1]) % 4 != 1)[None].expand(x.shape[0], -1).clone()
         mask[1, :2] = False
-    got = LOSS[kind].function(x, t, mask, mode=mode, backend=BACKEND, **opts)
+    got = LOSS[kind].call(x, t, mask, mode=mode, backend=BACKEND, **opts)
     want = oracle(kind, x.numpy(), t.numpy(), None if mask is None else mask.numpy(), mode=mode, **opts)
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
 
@@ -275,7 +275,7 @@ def test_probability_targets_against_oracle(info, target):
     opts = {"soft_label": True} if target == "soft" and info.soft_targets else {}
     if info.compound:
         opts["weight"] = [0.5, 1.0, 2.0]
-    got = info.function(x, t, backend=BACKEND, **opts)
+    got = info.call(x, t, backend=BACKEND, **opts)
     want = oracle(info.name, x.numpy(), t.numpy(), **opts)
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
 
@@ -284,7 +284,7 @@ def test_probability_targets_against_oracle(info, target):
 def test_onehot_ignore_channel_against_oracle(info):
     # a one-hot target with ignore_index naming a channel: positions of that channel drop out
     x, t = _case("multiclass", seed=5, target="onehot")
-    got = info.function(x, t, ignore_index=2, backend=BACKEND)
+    got = info.call(x, t, ignore_index=2, backend=BACKEND)
     want = oracle(info.name, x.numpy(), t.numpy(), ignore_index=2)
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
 
@@ -293,9 +293,9 @@ def test_onehot_ignore_channel_against_oracle(info):
 def test_module_equals_function(info):
     # the registry's example options (weights, exponents, weighting, smoothing, lambdas) through both forms
     x, t = _case("multiclass", seed=11)
-    module = info.module(backend=BACKEND, **info.example)
+    module = info.make(backend=BACKEND, **info.example)
     got = float(module(x, t))
-    assert got == pytest.approx(float(info.function(x, t, backend=BACKEND, **info.example)), abs=1e-14)
+    assert got == pytest.approx(float(info.call(x, t, backend=BACKEND, **info.example)), abs=1e-14)
 
 
 def test_compound_components():
