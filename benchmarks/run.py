@@ -6,6 +6,8 @@ Usage (``make bench`` runs it with the peers installed)::
     python benchmarks/run.py --workloads W1,W3 --rounds 3
     python benchmarks/run.py --device cuda        # GPU tables, adds backend="triton"
     python benchmarks/run.py --quick              # fewer repetitions (smoke test)
+    python benchmarks/run.py --isa avx2           # one instruction-set level of the kernel (default: each
+                                                  # level this CPU runs, one table per level)
 
 Each (implementation, workload) case runs in a fresh child process (the parent never imports torch):
 warm-up calls first, then timed calls of ``loss = fn(x, y); loss.backward()`` (``x.grad = None``
@@ -14,6 +16,13 @@ outside the timed region), the median reported; then one more call under ``torch
 (the allocation and free events in time order, peak of the running sum), including the gradient of
 the logits (which alone is 1 x the logits). With ``--rounds R`` every case runs in R processes, odd
 rounds in reverse order, and the median over all timed calls is reported.
+
+Instruction-set levels: the prebuilt CPU kernel carries several (AVX-512, AVX2, baseline x86-64) and picks the
+widest the CPU runs. By default every level this CPU runs is benchmarked in turn, each child process with
+``DICELOSS_CPU_ISA=<level>`` and, so that the peers run as they would on a CPU of that level,
+``ATEN_CPU_CAPABILITY=<level>`` (avx512, avx2, default) for torch's own kernels (``--peer-isa native`` leaves
+torch at its widest). Each level gets its own table and files (``results_<level>.*``), headed with the CPU's
+name and the levels it has; ``results.*`` hold the widest level's.
 
 The traffic bound is DESIGN.md's two-pass bound: read the logits and the targets twice, write the
 gradient once (``12*B*C*N + 16*B*N`` bytes at float32 with int64 targets), divided by the copy
@@ -193,13 +202,16 @@ def _worker(spec: dict) -> dict:
         step()
     times = []
     budget = spec["min_seconds"]
+    # wall time, or the CPU time of the process (all its threads): with one thread, the latter leaves out the
+    # time the process waits for a core on a machine that others share
+    clock = time.process_time if spec.get("clock") == "process" else time.perf_counter
     while len(times) < spec["min_reps"] or (sum(times) < budget and len(times) < spec["max_reps"]):
         x.grad = None
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     x.grad = None
     gc.collect()
     peak = _peak_extra_bytes(step, device)
@@ -246,15 +258,55 @@ def _run_child(spec: dict, env: dict) -> dict:
     return {"impl": spec.get("impl"), "workload": spec.get("workload"), "skipped": f"failed: {tail[0][:200]}"}
 
 
-def _env(threads: int, no_cpp: bool) -> dict:
+# torch's own kernels at the level a CPU of the kernel's level would give them (ATen's DispatchStub levels)
+ATEN_CAPABILITY = {"avx512": "avx512", "avx2": "avx2", "baseline": "default"}
+
+
+def _env(threads: int, no_cpp: bool, isa: str | None = None, peer_isa: str = "same") -> dict:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
     env["MKL_NUM_THREADS"] = str(threads)
+    env["OPENBLAS_NUM_THREADS"] = str(threads)  # numpy's pool: its idle threads would count in --clock process
     if no_cpp:
         env["DICELOSS_NO_CPP"] = "1"
     else:
         env.pop("DICELOSS_NO_CPP", None)
+    env.pop("DICELOSS_CPU_ISA", None)
+    if isa:
+        env["DICELOSS_CPU_ISA"] = isa
+        if peer_isa == "same" and isa in ATEN_CAPABILITY:
+            env["ATEN_CPU_CAPABILITY"] = ATEN_CAPABILITY[isa]
     return env
+
+
+def _kernel_levels(threads: int) -> dict:
+    """The prebuilt kernel's levels as a child process sees them: {"levels": [(name, runs here, instructions,
+    float lanes)], "status": ...}; no levels without a kernel."""
+    code = (
+        "import json\n"
+        "from diceloss.stats import cpu\n"
+        "k = cpu.load()\n"
+        "levels = [(lv.name, lv.runs_here, lv.instructions, lv.float_lanes) for lv in k.levels()] if k else []\n"
+        "print(json.dumps({'levels': levels, 'status': cpu.status()}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(threads, False))
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {"levels": [], "status": out.stderr.strip()[-300:]}
+
+
+def _cpu_isa_flags() -> str:
+    """Which vector extensions the CPU reports (for the tables' heading)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+                        return "AVX-512 and AVX2"
+                    return "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def _versions() -> dict:
@@ -328,10 +380,17 @@ def summarise(results: list[dict], bandwidth: float) -> list[dict]:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [
+    lines = []
+    if meta.get("isa"):
+        lines += [f"### Kernel level {meta['isa']} ({meta.get('isa_instructions', '')}), on {meta['machine']}", ""]
+    lines += [
         f"Run {meta['date']} on {meta['machine']}, {meta['threads']} threads, device {meta['device']}; "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-        + f"; copy bandwidth {meta['copy_GBps']:.1f} GB/s; {meta['rounds']} round(s).",
+        + f"; copy bandwidth {meta['copy_GBps']:.1f} GB/s; {meta['rounds']} round(s)"
+        + ("; times are CPU time of the process (--clock process)" if meta.get("clock") == "process" else "")
+        + (f"; kernel level {meta['isa']} (DICELOSS_CPU_ISA), torch's kernels at {meta['aten_capability']} "
+           "(ATEN_CPU_CAPABILITY)" if meta.get("isa") else "")
+        + ".",
         "",
     ]
     for workload in [w for w in WORKLOADS if any(r["workload"] == w for r in rows)]:
@@ -396,9 +455,18 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--impls", default="", help="comma-separated substrings of implementation names")
+    parser.add_argument("--impls", default="", help="comma-separated implementation names (exact) or substrings")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="2 warm-up, 3 timed calls")
+    parser.add_argument("--isa", default="all",
+                        help="kernel levels to run, comma-separated (avx512, avx2, baseline), 'all' (default: each "
+                             "level this CPU runs) or 'none' (no level forced: the widest, one table)")
+    parser.add_argument("--peer-isa", default="same", choices=("same", "native"),
+                        help="torch's own kernels (the peers') at the kernel's level (same, default) or at the "
+                             "widest (native)")
+    parser.add_argument("--clock", default="wall", choices=("wall", "process"),
+                        help="time per call: wall clock (default), or the process's CPU time (with --threads 1: "
+                             "leaves out waiting for a core on a shared machine)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--summarise", default=None, metavar="JSON",
                         help="re-render the tables, CSV and chart of an earlier run's results JSON")
@@ -420,46 +488,82 @@ def main(argv=None) -> int:
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workloads {unknown}; expected some of {list(WORKLOADS)}")
-    impls = [i for i in IMPLS if not args.impls or any(s.strip() and s.strip() in i for s in args.impls.split(","))]
+    # an entry that names an implementation exactly selects that one only; any other is a substring
+    wanted = [s.strip() for s in args.impls.split(",") if s.strip()]
+    impls = [i for i in IMPLS if not wanted or any(s == i or (s not in IMPLS and s in i) for s in wanted)]
     if args.device != "cuda":
         impls = [i for i in impls if "(triton)" not in i]
-    base = {"threads": args.threads, "device": args.device}
+    if args.clock == "process" and (args.threads != 1 or args.device != "cpu"):
+        parser.error("--clock process measures the CPU time of one thread: use it with --threads 1 on the CPU")
+    base = {"threads": args.threads, "device": args.device, "clock": args.clock}
     reps = dict(warmup=2, min_reps=3, max_reps=3, min_seconds=0.0) if args.quick else dict(
         warmup=3, min_reps=5, max_reps=40, min_seconds=1.5)
 
-    # build the compiled kernel once, before any timed process
-    subprocess.run([sys.executable, "-c", "from diceloss.stats import cpu as k; print(k.status())"],
-                   env=_env(args.threads, False), check=False)
+    # load (or build) the compiled kernel once, before any timed process, and list its levels
+    kernel = _kernel_levels(args.threads)
+    print(kernel["status"], flush=True)
+    levels = {name: (runs, instructions) for name, runs, instructions, _ in kernel["levels"]}
+    if args.device != "cpu" or args.isa == "none" or not levels:
+        isas = [None]
+    elif args.isa == "all":
+        isas = [name for name, (runs, _) in levels.items() if runs]
+    else:
+        isas = [s.strip() for s in args.isa.split(",") if s.strip()]
+        bad = [s for s in isas if s not in levels or not levels[s][0]]
+        if bad:
+            parser.error(f"--isa {bad}: this CPU runs the levels {[n for n, (r, _) in levels.items() if r]}")
     bandwidth = _run_child(dict(base, bandwidth=True), _env(args.threads, False)).get("copy_GBps", 0.0)
     cases = [(w, i) for w in workloads for i in impls]
-    results = []
-    for rnd in range(args.rounds):
-        order = cases if rnd % 2 == 0 else list(reversed(cases))
-        for w, i in order:
-            spec = dict(base, workload=w, impl=i, **reps)
-            r = _run_child(spec, _env(args.threads, "fallback" in i))
-            results.append(r)
-            t = f"{statistics.median(r['times_ms']):.2f} ms" if r.get("times_ms") else r.get("skipped")
-            print(f"[round {rnd + 1}] {w} {i}: {t}", flush=True)
+    machine = f"{_cpu_name()} ({_cpu_isa_flags()}), {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}"
+    versions = _versions()
+    tables = []
+    for k, isa in enumerate(isas):
+        results = []
+        for rnd in range(args.rounds):
+            order = cases if rnd % 2 == 0 else list(reversed(cases))
+            for w, i in order:
+                spec = dict(base, workload=w, impl=i, **reps)
+                r = _run_child(spec, _env(args.threads, "fallback" in i, isa, args.peer_isa))
+                results.append(r)
+                t = f"{statistics.median(r['times_ms']):.2f} ms" if r.get("times_ms") else r.get("skipped")
+                print(f"[{isa or 'native'}, round {rnd + 1}] {w} {i}: {t}", flush=True)
 
-    meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}",
-        "threads": args.threads,
-        "device": args.device,
-        "rounds": args.rounds,
-        "copy_GBps": bandwidth,
-        "versions": _versions(),
-        "implementations": {i: IMPLS[i][1] for i in impls},
-    }
-    write_outputs(results, meta, Path(args.out), args.device)
+        meta = {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine,
+            "threads": args.threads,
+            "device": args.device,
+            "clock": args.clock,
+            "rounds": args.rounds,
+            "copy_GBps": bandwidth,
+            "versions": versions,
+            "implementations": {i: IMPLS[i][1] for i in impls},
+        }
+        if isa:
+            meta.update(isa=isa, isa_instructions=levels[isa][1],
+                        aten_capability=ATEN_CAPABILITY.get(isa, "native") if args.peer_isa == "same" else "native")
+        tables.append(write_outputs(results, meta, Path(args.out), args.device, isa if len(isas) > 1 else None,
+                                    primary=k == 0))
+    if len(tables) > 1:
+        (Path(args.out) / "results_levels.md").write_text("\n\n".join(tables) + "\n")
     return 0
 
 
-def write_outputs(results: list[dict], meta: dict, out: Path, device: str) -> None:
+def write_outputs(results: list[dict], meta: dict, out: Path, device: str, tag: str | None = None,
+                  primary: bool = True) -> str:
+    """Write the JSON, CSV, chart and Markdown of one run (``results[_<tag>].*``; the primary one also as
+    ``results.*``); returns the Markdown."""
     rows = summarise(results, meta["copy_GBps"])
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if device == "cpu" else f"_{device}"
+    table = markdown(rows, meta)
+    for suffix in ([""] if tag is None else ([f"_{tag}", ""] if primary else [f"_{tag}"])):
+        _write_files(rows, results, meta, out, suffix + ("" if device == "cpu" else f"_{device}"), table)
+    print()
+    print(table)
+    return table
+
+
+def _write_files(rows: list[dict], results: list[dict], meta: dict, out: Path, suffix: str, table: str) -> None:
     (out / f"results{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows, "raw": results}, indent=1))
     keys = ["workload", "impl", "group", "median_ms", "min_ms", "max_ms", "calls", "ratio_to_diceloss",
             "ratio_of_min", "peak_x_logits", "bound_ms", "fraction_of_bound", "note"]
@@ -468,10 +572,7 @@ def write_outputs(results: list[dict], meta: dict, out: Path, device: str) -> No
         writer.writeheader()
         writer.writerows(rows)
     chart(rows, out / f"results{suffix}.png")
-    table = markdown(rows, meta)
     (out / f"results{suffix}.md").write_text(table + "\n")
-    print()
-    print(table)
 
 
 if __name__ == "__main__":

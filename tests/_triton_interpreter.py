@@ -48,6 +48,30 @@ def interpreted_kernels() -> ModuleType:
         return _interpreted
 
 
+_copies: dict[str, ModuleType] = {}
+
+
+def interpreted_copy(name: str) -> ModuleType:
+    """A separate copy of module ``name`` (a launcher with its ``@triton.jit`` kernels, such as the statistic kinds'
+    ``diceloss.stats.triton.pairs``), its kernels interpreted; launch them inside :func:`interpreted_language`."""
+    with _lock:
+        if name not in _copies:
+            import triton
+            from triton.runtime.interpreter import InterpretedFunction
+
+            source = importlib.util.find_spec(name)
+            spec = importlib.util.spec_from_file_location(name + "_interpreted", source.origin)
+            module = importlib.util.module_from_spec(spec)
+            plain_jit = triton.jit
+            triton.jit = InterpretedFunction
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                triton.jit = plain_jit
+            _copies[name] = module
+        return _copies[name]
+
+
 @contextlib.contextmanager
 def interpreted_language():
     """While launching on the CPU: Triton's ``@jit`` library functions interpreted, TRITON_INTERPRET=1.

@@ -8,6 +8,11 @@ ignore_index, masks, absent, log, exponent). ``fullgraph=True`` turns any graph 
 Every test compiles through ``CompileCounterWithBackend``, which counts the graphs Dynamo hands to the real
 backend: a test cannot pass without compiling, and one graph per loss shows that nothing was split. The
 compile time is printed (``-s`` / ``-rA``), not asserted; timings belong in ``benchmarks/`` (or ``--durations``).
+
+A loss whose registry row has ``fullgraph=False`` builds a target-side map from the data on the host (SciPy /
+scikit-image: Hausdorff-DT's distance transforms, Skeleton Recall's skeleton, the boundary loss's signed distance,
+blob's components) when the map is not given: it compiles with graph breaks there, and the test checks the same
+numbers and that a second batch of the same shapes compiles nothing new.
 """
 
 from __future__ import annotations
@@ -69,12 +74,16 @@ def test_compile_fullgraph_matches_eager(info):
     # the counting backend hands each Dynamo graph to the real one: no graph, no pass
     counter = CompileCounterWithBackend(compiler)
     start = time.perf_counter()
-    compiled = torch.compile(loss, fullgraph=True, backend=counter)
+    compiled = torch.compile(loss, fullgraph=info.fullgraph, backend=counter)
     xc = x.clone().requires_grad_(True)
     out_c = compiled(xc, t, mask)
     out_c.backward()
     print(f"{info.name}: compile ({compiler}) + first forward/backward {time.perf_counter() - start:.1f} s")
-    assert counter.frame_count == 1, "fullgraph=True compiles the whole forward as one graph"
+    if info.fullgraph:
+        assert counter.frame_count == 1, "fullgraph=True compiles the whole forward as one graph"
+    else:  # graph breaks at the host-side map: several graphs, at least one
+        assert counter.frame_count >= 1
+    frames = counter.frame_count
     assert counter.op_count > 0
     xe = x.clone().requires_grad_(True)
     out_e = loss(xe, t, mask)
@@ -86,7 +95,7 @@ def test_compile_fullgraph_matches_eager(info):
     t2 = torch.where(t2 == 255, torch.full_like(t2, kw.get("ignore_index", 0)), t2)
     x2c, x2e = x2.clone().requires_grad_(True), x2.clone().requires_grad_(True)
     torch.testing.assert_close(compiled(x2c, t2, mask), loss(x2e, t2, mask), rtol=1e-5, atol=1e-6)
-    assert counter.frame_count == 1, "the second batch recompiled"
+    assert counter.frame_count == frames, "the second batch recompiled"
 
 
 def test_value_checks_off_while_compiling_on_in_eager():

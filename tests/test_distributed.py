@@ -83,6 +83,22 @@ CASES = {
         lambda d: diceloss.GeneralizedDiceLoss(batch_dice=True, **d, include_background=False),
         "multiclass-empty-last",
     ),
+    # issue 13: the sums of the unified focal (focal term included), GWDL and blob (its blob term too) losses
+    "unified_focal": (lambda d: diceloss.UnifiedFocalLoss(batch_dice=True, **d, ignore_index=252), "multiclass-ignore"),
+    "wasserstein": (
+        lambda d: diceloss.GeneralizedWassersteinDiceLoss(
+            batch_dice=True, **d, weighting="GDL", dist_matrix=[[0.0, 1.0, 1.0], [1.0, 0.0, 0.5], [1.0, 0.5, 0.0]]
+        ),
+        "multiclass",
+    ),
+    "blob": (lambda d: diceloss.BlobLoss(batch_dice=True, **d, lambda_blob=2.0), "multiclass-empty-last"),
+    # issue 13: Skeleton Recall's map sums (with Dice + CE), the boundary loss's sum and count, the bin sums
+    "skeleton_recall": (lambda d: diceloss.DiceCESkeletonRecallLoss(batch_dice=True, **d), "multiclass"),
+    "boundary": (
+        lambda d: diceloss.BoundaryLoss(batch_dice=True, **d, spacing=(1.0, 2.0), ignore_index=252),
+        "multiclass-ignore",
+    ),
+    "calibration": (lambda d: diceloss.CalibrationLoss(batch_dice=True, **d, soft=True), "multiclass"),
 }
 
 

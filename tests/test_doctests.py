@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.machinery
 import os
 import pkgutil
 
@@ -26,6 +27,8 @@ def _all_modules() -> list[str]:
         for info in pkgutil.iter_modules([path], prefix):
             if info.name.endswith("__main__"):  # importing it runs the command line
                 continue
+            if _is_compiled(info):
+                continue
             names.append(info.name)
             if info.ispkg:
                 walk(os.path.join(path, info.name.rpartition(".")[2]), info.name + ".")
@@ -34,6 +37,14 @@ def _all_modules() -> list[str]:
     for path in diceloss.__path__:
         walk(path, "diceloss.")
     return sorted(names)
+
+
+def _is_compiled(info: pkgutil.ModuleInfo) -> bool:
+    """A compiled library beside the sources (the CPU kernel ``_kernel.abi3.so``, a torch op library that
+    ``torch.ops.load_library`` loads): no Python docstrings, and not importable as a Python module by design."""
+    spec = info.module_finder.find_spec(info.name.rpartition(".")[2])
+    origin = getattr(spec, "origin", None) or ""
+    return origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
 def _missing_optional_dependency(err: ImportError) -> str | None:

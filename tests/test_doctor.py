@@ -519,14 +519,14 @@ def test_cli_script_with_required_arguments_is_a_load_error(tmp_path, monkeypatc
     sys.modules.pop("needs_args", None)
 
 
-def test_help_and_readme_say_the_file_is_imported(capsys):
+def test_help_and_docs_say_the_file_is_imported(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["doctor", "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "imported" in text and "its top level runs" in text, text
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Checking a hand-written loss: `diceloss doctor`")[1].split("\n## ")[0]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli" / "doctor.md").read_text()
+    section = page.split("# Checking a hand-written loss: `diceloss doctor`")[1].split("\n## ")[0]
     section = " ".join(section.split())
     assert "imported" in section and "its top level runs" in section
 

@@ -34,9 +34,12 @@ def test_float16_large_input_matches_float64(large_case, info):
     assert got.dtype == torch.float32  # the statistics, and so the loss, are float32
     want = info.call(x.double(), t, backend=BACKEND)
     assert torch.isfinite(got)
-    assert abs(float(got) - float(want)) < 1e-3
+    # relative to the loss where it exceeds 1 (Hausdorff-DT: squared errors times distances of hundreds of
+    # pixels); an absolute error for the losses in [0, 1], as always
+    scale = max(1.0, abs(float(want)))
+    assert abs(float(got) - float(want)) < 1e-3 * scale
     # far better than required: float32 sums of 262144 terms
-    assert abs(float(got) - float(want)) < 1e-5
+    assert abs(float(got) - float(want)) < 1e-5 * scale
 
 
 def test_float16_large_input_gradient(large_case):
@@ -61,9 +64,16 @@ def test_float16_sums_would_overflow_in_float16(large_case):
     torch.testing.assert_close(s.target_volume, torch.tensor([[512.0 * 512 - 200 * 250, 200.0 * 250]]))
 
 
-@pytest.mark.parametrize("info", LOSSES)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "info,dtype,mode",
+    [
+        pytest.param(info, dtype, mode, id=f"{mode}-dtype{i}-{info.name}")
+        for mode in MODES
+        for i, dtype in enumerate([torch.float16, torch.bfloat16, torch.float32])
+        for info in LOSSES
+        if mode in info.modes
+    ],
+)
 def test_half_inputs_every_loss(info, dtype, mode):
     g = seeded(1)
     C = 1 if mode == "binary" else 3
@@ -79,7 +89,7 @@ def test_half_inputs_every_loss(info, dtype, mode):
     assert got.dtype == torch.float32
     # the same numbers in float64: only the rounding of the float32 sums differs
     want = fn(x.double(), t.double() if t.is_floating_point() else t, mode=mode, backend=BACKEND)
-    assert abs(float(got.detach()) - float(want)) < 1e-5
+    assert abs(float(got.detach()) - float(want)) < 1e-5 * max(1.0, abs(float(want)))  # relative above 1
     got.backward()
     assert xi.grad.dtype == dtype and torch.isfinite(xi.grad).all()
 

@@ -541,3 +541,98 @@ def test_family_metrics_in_the_report(tmp_path, capsys):
     page = (rep / "index.html").read_text()
     assert 'class="families"' in page and "Voronoi cells" in page and "IoU &gt; 0.5" in page
     assert "<td>lesion_f1</td>" in page and (rep / "label_1_boxplots.png").exists()
+
+
+# ---- lesion matching and connectivity options ----------------------------------------------------------------
+
+
+def _save_pair(tmp_path, pred, gt):
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "g.npy", gt)
+    return tmp_path / "p.npy", tmp_path / "g.npy"
+
+
+@pytest.mark.parametrize("flags,f1", [
+    ((), 0.0),                                              # IoU 0.4 is not > 0.5
+    (("--lesion-threshold", "0.3"), 1.0),
+    (("--lesion-threshold", "0.4"), 0.0),                   # not > 0.4 ...
+    (("--lesion-threshold", "0.4", "--lesion-inclusive"), 1.0),  # ... but >= 0.4
+    (("--lesion-match", "overlap"), 1.0),
+])
+def test_lesion_match_options_decide_the_match_and_are_recorded(tmp_path, capsys, flags, f1):
+    gt = np.zeros((9, 12), dtype=np.uint8)
+    gt[5, 0:7] = 1
+    pred = np.zeros_like(gt)
+    pred[5, 3:10] = 1  # 4 shared of 10: IoU 0.4
+    p, g = _save_pair(tmp_path, pred, gt)
+    j = tmp_path / "s.json"
+    code, out, _ = run(capsys, p, g, "--metrics", "lesion", "--json", j, *flags)
+    assert code == 0
+    doc = json.loads(j.read_text())
+    got = doc["cases"][0]["metrics"]["1"]
+    assert got["lesion_f1"] == f1 and got["lesion_recall"] == f1 and got["pq"] == pytest.approx(0.4 * f1)
+    threshold = float(flags[1]) if flags and flags[0] == "--lesion-threshold" else 0.5
+    match = "overlap" if "overlap" in flags else "iou"
+    inclusive = "--lesion-inclusive" in flags
+    options = {"connectivity": "full", "lesion_match": match, "lesion_threshold": threshold,
+               "lesion_inclusive": inclusive}
+    assert {k: doc["options"][k] for k in options} == options
+    rule = "when they overlap" if match == "overlap" else f"IoU {'>=' if inclusive else '>'} {threshold:g}"
+    assert rule in doc["definitions"]["lesion"] and rule in out
+
+
+def test_connectivity_option_for_components_lesions_and_betti(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    gt = np.zeros((8, 8), dtype=np.uint8)
+    gt[1:3, 1:3] = 1
+    gt[3:5, 3:5] = 1  # two squares touching at a corner: one component under full connectivity, two under face
+    pred = np.zeros_like(gt)
+    pred[1:3, 1:3] = 1
+    p, g = _save_pair(tmp_path, pred, gt)
+    values = {}
+    for conn in ("full", "face"):
+        j, rep = tmp_path / f"{conn}.json", tmp_path / f"rep_{conn}"
+        code, out, _ = run(capsys, p, g, "--metrics", "cc_dice,lesion_f1,betti0", "--connectivity", conn,
+                           "--json", j, "--report", rep)
+        assert code == 0
+        doc = json.loads(j.read_text())
+        values[conn] = doc["cases"][0]["metrics"]["1"]
+        want = {"connectivity": conn, "lesion_match": "iou", "lesion_threshold": 0.5, "lesion_inclusive": False}
+        assert {k: doc["options"].get(k) for k in want} == want
+        stated = "full connectivity: 8 in 2D, 26 in 3D" if conn == "full" else "face connectivity: 4 in 2D, 6 in 3D"
+        dual = "background the dual 4 / 6" if conn == "full" else "background the dual 8 / 26"
+        assert stated in doc["definitions"]["cc_dice"] and stated in doc["definitions"]["lesion"]
+        assert dual in doc["definitions"]["betti"] and dual in out
+        page = (rep / "index.html").read_text()
+        assert stated in page and dual in page and "<td>connectivity</td>" in page
+    # full: one GT component of 8 (IoU 0.5, not matched); face: two, one found exactly
+    assert values["full"] == {"cc_dice": pytest.approx(2 / 3), "lesion_f1": 0.0, "betti0": 0.0}
+    assert values["face"] == {"cc_dice": 0.5, "lesion_f1": pytest.approx(2 / 3), "betti0": 1.0}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--metrics", "dice", "--lesion-threshold", "0.3"), "--lesion-threshold: applies to lesion_f1"),
+    (("--metrics", "dice,cldice", "--connectivity", "face"), "--connectivity: applies to cc_dice"),
+    (("--metrics", "cc_dice", "--lesion-inclusive"), "--lesion-inclusive: applies to lesion_f1"),
+    (("--metrics", "pq", "--lesion-threshold", "1"), "--lesion-threshold: expected an IoU in [0, 1), got 1.0"),
+    (("--metrics", "pq", "--lesion-threshold", "nan"), "--lesion-threshold: expected an IoU in [0, 1), got nan"),
+    (("--metrics", "pq", "--lesion-match", "overlap", "--lesion-threshold", "0.2"),
+     "expected --lesion-match iou (overlap matches any overlapping pair"),
+])
+def test_family_options_without_their_metrics_or_out_of_range_exit_2(tmp_path, capsys, flags, message):
+    f = tmp_path / "x.npy"
+    np.save(f, labels3d())
+    code, _, err = run(capsys, f, f, *flags)
+    assert code == 2 and message in err
+
+
+def test_no_family_options_without_family_metrics(tmp_path, capsys):
+    f = tmp_path / "x.npy"
+    np.save(f, labels3d())
+    j = tmp_path / "s.json"
+    assert run(capsys, f, f, "--metrics", "dice,cldice", "--json", j)[0] == 0
+    options = json.loads(j.read_text())["options"]  # clDice has no components to connect, nor lesions to match
+    assert not {"connectivity", "lesion_match", "lesion_threshold", "lesion_inclusive"} & set(options)
+    assert run(capsys, f, f, "--metrics", "betti", "--json", j)[0] == 0
+    options = json.loads(j.read_text())["options"]
+    assert options["connectivity"] == "full" and "lesion_match" not in options

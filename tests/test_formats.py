@@ -49,12 +49,12 @@ def test_index_one_hot_and_soft_one_hot_targets_agree(info, opts):
         got = fn(x, target, backend=BACKEND, **opts)
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12, msg=f"{kind} {name}")
     # soft one-hot: the same labels as probabilities with soft_label=True (the semimetric equals Dice on them)
-    if info.soft_targets:
+    if info.soft_targets and info.takes("soft_label"):
         got = fn(x, onehot.double(), soft_label=True, backend=BACKEND, **opts)
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("info", losses(lambda info: info.soft_targets))
+@pytest.mark.parametrize("info", losses(lambda info: info.soft_targets and info.takes("soft_label")))
 def test_soft_label_with_hard_targets_equals_ordinary_loss_every_mode(info):
     x, t = _mc()
     for mode, target in (("multiclass", t), ("multilabel", F.one_hot(t, 4).movedim(-1, 1).double())):
@@ -63,8 +63,11 @@ def test_soft_label_with_hard_targets_equals_ordinary_loss_every_mode(info):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("info", LOSSES)
-@pytest.mark.parametrize("S", [(7,), (3, 4), (2, 3, 4), (2, 2, 2, 3)])
+SPATIAL_SHAPES = [(7,), (3, 4), (2, 3, 4), (2, 2, 2, 3)]
+
+
+@pytest.mark.parametrize("info", losses(lambda info: not info.geometric))
+@pytest.mark.parametrize("S", SPATIAL_SHAPES)
 def test_any_number_of_spatial_dimensions(info, S):
     fn = info.call
     x, t = _mc(S=S, seed=len(S))
@@ -79,14 +82,42 @@ def test_any_number_of_spatial_dimensions(info, S):
     )
     # multilabel and binary as well
     y = (torch.rand(x.shape, generator=seeded(1)) > 0.5).double()
-    flat = fn(x.reshape(2, 4, -1), y.reshape(2, 4, -1), mode="multilabel", backend=BACKEND)
-    torch.testing.assert_close(
-        fn(x, y, mode="multilabel", backend=BACKEND), flat, rtol=1e-12, atol=1e-12
-    )
+    if "multilabel" in info.modes:
+        flat = fn(x.reshape(2, 4, -1), y.reshape(2, 4, -1), mode="multilabel", backend=BACKEND)
+        torch.testing.assert_close(
+            fn(x, y, mode="multilabel", backend=BACKEND), flat, rtol=1e-12, atol=1e-12
+        )
     flat = fn(x[:, :1].reshape(2, 1, -1), y[:, :1].reshape(2, 1, -1), mode="binary", backend=BACKEND)
     torch.testing.assert_close(
         fn(x[:, :1], y[:, :1], mode="binary", backend=BACKEND), flat, rtol=1e-12, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("info", losses(lambda info: info.geometric))
+@pytest.mark.parametrize("S", SPATIAL_SHAPES)
+def test_geometric_losses_take_their_spatial_ranks(info, S):
+    """A loss that reads where the positions are (a distance transform, a skeleton, components) is not a function of
+    the flattened image; each rank it takes gives a finite value, the same for every mask layout and for a
+    non-contiguous input, and each rank it does not take is refused with a ValueError naming the rank."""
+    fn = info.call
+    x, t = _mc(S=S, seed=len(S))
+    mask = (torch.arange(t[0].numel()).reshape(S) % 3 != 0).expand_as(t)
+    y = (torch.rand(x.shape, generator=seeded(1)) > 0.5).double()
+    if not info.takes_rank(len(S)):
+        with pytest.raises(ValueError, match="spatial dimension"):
+            fn(x, t, mask)
+        return
+    got = fn(x, t, mask)
+    assert torch.isfinite(got)
+    torch.testing.assert_close(fn(x, t, mask[:, None]), got, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fn(x, t, mask.long()), got, rtol=1e-12, atol=1e-12)
+    # a channels-last-like (non-contiguous) copy of the same input reads the same positions
+    xt = x.movedim(1, -1).contiguous().movedim(-1, 1)
+    assert not xt.is_contiguous() or len(S) == 0
+    torch.testing.assert_close(fn(xt, t, mask), got, rtol=1e-12, atol=1e-12)
+    for mode, xi, yi in (("multilabel", x, y), ("binary", x[:, :1], y[:, :1])):
+        if mode in info.modes:
+            assert torch.isfinite(fn(xi, yi, mode=mode))
 
 
 @pytest.mark.parametrize("info", LOSSES)
@@ -108,9 +139,10 @@ def test_binary_shapes(info):
             fn(xi, yi, mode="binary", backend=BACKEND), ref, rtol=1e-12, atol=1e-12
         )
     # binary = multilabel with one channel
-    torch.testing.assert_close(
-        fn(x, y, mode="multilabel", backend=BACKEND), ref, rtol=1e-12, atol=1e-12
-    )
+    if "multilabel" in info.modes:
+        torch.testing.assert_close(
+            fn(x, y, mode="multilabel", backend=BACKEND), ref, rtol=1e-12, atol=1e-12
+        )
 
 
 def test_binary_equals_two_class_sigmoid_foreground():
@@ -136,83 +168,110 @@ def test_multilabel_bool_and_integer_targets():
 # reduction shapes
 
 
-def _reduction_case(mode):
+def _reduction_case(mode, info=None):
     x, t = _mc(B=3, C=4, S=(5,))
     if mode == "binary":
         x, t = x[:, :1], (t[:, None] > 1).double()
     elif mode == "multilabel":
         t = (F.one_hot(t, 4).movedim(-1, 1) + (x > 1)).clamp_max(1).double()
+    if info is not None and not info.takes_rank(1):  # the same positions as a 1 x 5 image (clDice)
+        S = info.fit(5)
+        x, t = x.reshape(*x.shape[:2], *S), t.reshape(*t.shape[:-1], *S)
     return x, t
 
 
-@pytest.mark.parametrize("info", LOSSES)
-@pytest.mark.parametrize("mode", MODES)
+def _with_modes(predicate=None):
+    return [
+        pytest.param(info, mode, id=f"{mode}-{info.name}") for mode in MODES for info in losses(predicate)
+        if mode in info.modes
+    ]
+
+
+@pytest.mark.parametrize("info,mode", _with_modes())
 def test_reduction_mean_and_sum_are_scalars(info, mode):
-    x, t = _reduction_case(mode)
+    x, t = _reduction_case(mode, info)
     for reduction in ("mean", "sum"):
         assert info.call(x, t, mode=mode, reduction=reduction, backend=BACKEND).shape == ()
-        assert info.call(x, t, mode=mode, reduction=reduction, batch_dice=True, backend=BACKEND).shape == ()
+        if info.takes("batch_dice"):
+            assert info.call(x, t, mode=mode, reduction=reduction, batch_dice=True, backend=BACKEND).shape == ()
 
 
-@pytest.mark.parametrize("info", losses(lambda info: info.unreduced is None))
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("info,mode", _with_modes(lambda info: info.unreduced is None))
 def test_reduction_none_refused_by_compound_losses(info, mode):
-    x, t = _reduction_case(mode)
+    x, t = _reduction_case(mode, info)
     with pytest.raises(ValueError, match="not 'none'"):
         info.call(x, t, mode=mode, reduction="none", backend=BACKEND)
 
 
-@pytest.mark.parametrize("info", losses(lambda info: info.unreduced == "group"))
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("info,mode", _with_modes(lambda info: info.unreduced == "group"))
 def test_reduction_none_one_value_per_group(info, mode):
-    x, t = _reduction_case(mode)
+    x, t = _reduction_case(mode, info)
     fn = info.call
-    none = fn(x, t, mode=mode, reduction="none", backend=BACKEND)
-    batch = fn(x, t, mode=mode, reduction="none", batch_dice=True, backend=BACKEND)
-    nobg = fn(x, t, mode=mode, reduction="none", include_background=False, backend=BACKEND)
-    assert none.shape == (3,) and batch.shape == () and nobg.shape == (3,)
+    # one value per sample (with the options that make the samples the groups, for Lovász per_image=True)
+    none = fn(x, t, mode=mode, reduction="none", backend=BACKEND, **info.per_sample)
+    assert none.shape == (3,)
+    if info.takes("batch_dice"):
+        batch = fn(x, t, mode=mode, reduction="none", batch_dice=True, backend=BACKEND)
+    else:  # the default groups the batch (Lovász per_image=False)
+        assert info.per_sample, f"{info.name} takes no batch_dice: the registry names its per-sample options"
+        batch = fn(x, t, mode=mode, reduction="none", backend=BACKEND)
+    assert batch.shape == ()
+    if info.takes("include_background"):
+        nobg = fn(x, t, mode=mode, reduction="none", include_background=False, backend=BACKEND, **info.per_sample)
+        assert nobg.shape == (3,)
 
 
-@pytest.mark.parametrize("info", losses(lambda info: info.unreduced == "class"))
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("info,mode", _with_modes(lambda info: info.unreduced == "class"))
 def test_reduction_none_one_value_per_class(info, mode):
-    x, t = _reduction_case(mode)
+    x, t = _reduction_case(mode, info)
     fn = info.call
     C = x.shape[1]
-    none = fn(x, t, mode=mode, reduction="none", backend=BACKEND)
-    batch = fn(x, t, mode=mode, reduction="none", batch_dice=True, backend=BACKEND)
-    nobg = fn(x, t, mode=mode, reduction="none", include_background=False, backend=BACKEND)
     K = C - 1 if mode != "binary" else 1  # binary mode ignores include_background
-    assert none.shape == (3, C) and batch.shape == (C,) and nobg.shape == (3, K)
+    # the default keeps the background, or (include_background=None: clDice, Skeleton Recall, boundary) keeps it
+    # except in multiclass mode
+    K_default = C if info.default_background(mode) else K
+    none = fn(x, t, mode=mode, reduction="none", backend=BACKEND)
+    nobg = fn(x, t, mode=mode, reduction="none", include_background=False, backend=BACKEND)
+    assert none.shape == (3, K_default) and nobg.shape == (3, K)
+    if info.default_background(mode) is False:
+        assert fn(x, t, mode=mode, reduction="none", include_background=True, backend=BACKEND).shape == (3, C)
+    if info.takes("batch_dice"):
+        batch = fn(x, t, mode=mode, reduction="none", batch_dice=True, backend=BACKEND)
+        assert batch.shape == (K_default,)
 
 
 @pytest.mark.parametrize("info", losses(lambda info: info.unreduced == "class"))
 def test_reduction_none_ignore_index_of_a_real_class_drops_its_column(info):
-    x, t = _reduction_case("multiclass")
+    x, t = _reduction_case("multiclass", info)
     fn = info.call
     C = x.shape[1]
+    # every class to start from (include_background=None drops the background in multiclass mode)
+    bg = {} if info.default_background("multiclass") else {"include_background": True}
     # ignore_index naming a real class drops that column too
     t2 = t.clone()
     t2[:, 0] = 2
-    ign = fn(x, t2, reduction="none", ignore_index=2, backend=BACKEND)
+    ign = fn(x, t2, reduction="none", ignore_index=2, backend=BACKEND, **bg)
     assert ign.shape == (3, C - 1)
-    both = fn(
-        x,
-        t2,
-        reduction="none",
-        ignore_index=2,
-        include_background=False,
-        batch_dice=True,
-        backend=BACKEND,
-    )
-    assert both.shape == (C - 2,)
+    if info.takes("batch_dice"):
+        both = fn(
+            x,
+            t2,
+            reduction="none",
+            ignore_index=2,
+            include_background=False,
+            batch_dice=True,
+            backend=BACKEND,
+        )
+        assert both.shape == (C - 2,)
+    else:
+        assert fn(x, t2, reduction="none", ignore_index=2, include_background=False).shape == (3, C - 2)
     # and the kept columns are the per-class values of the others (classes 0, 1, 3)
-    full = fn(x, t2, reduction="none", ignore_index=2, backend=BACKEND)
+    full = fn(x, t2, reduction="none", ignore_index=2, backend=BACKEND, **bg)
     assert torch.equal(ign, full)
     # an ignore_index outside the classes keeps every column
     t3 = t.clone()
     t3[:, 0] = 255
-    assert fn(x, t3, reduction="none", ignore_index=255, backend=BACKEND).shape == (3, C)
+    assert fn(x, t3, reduction="none", ignore_index=255, backend=BACKEND, **bg).shape == (3, C)
 
 
 def test_ignore_real_class_drops_it_instead_of_pushing_it_to_zero():

@@ -2,6 +2,10 @@
 
 Shapes are tiny (2 x 3 x 5) so the finite differences are cheap. The inputs stay away from the
 kinks of the losses (p = g in the semimetric's min, the log-Dice floor, absent classes switching).
+
+A loss that is not a head gets the rows of the shared options and one row of its registry example (its own
+options are checked in its own test file); one that needs 2-D inputs (clDice) gets the same positions as a
+2-D image (``LossInfo.fit``: 5 -> 1 x 5, 6 -> 2 x 3).
 """
 
 from __future__ import annotations
@@ -49,7 +53,17 @@ OPTIONS = [
 ]
 
 
-def _inputs(mode, opts, seed):
+def _inputs(mode, opts, seed, info=None):
+    x, t, mask = _inputs_1d(mode, opts, seed)
+    if info is None or info.takes_rank(1):
+        return x, t, mask
+    # the same positions as a 2-D image, for a loss that needs one
+    S = info.fit(x.shape[-1])
+    x, t = x.reshape(*x.shape[:-1], *S), t.reshape(*t.shape[:-1], *S)
+    return x, t, None if mask is None else mask.reshape(mask.shape[0], *S)
+
+
+def _inputs_1d(mode, opts, seed):
     g = seeded(seed)
     c = 1 if mode == "binary" else C
     x = torch.randn(B, c, N, generator=g, dtype=torch.float64)
@@ -84,11 +98,15 @@ def _inputs(mode, opts, seed):
 def _cases():
     out = []
     for info in LOSSES:
-        for mode in MODES:
-            for i, opts in enumerate(OPTIONS):
+        # a loss that is not a head: the grid's shared options, and its own through its registry example
+        rows = list(enumerate(OPTIONS)) + ([] if info.head else [("example", info.example)])
+        for mode in info.modes:
+            for i, opts in rows:
                 keys = set(opts) - {"mask", "target", "sparse_target"}
-                if not info.takes(*keys):
+                if not (info.takes(*keys) if i == "example" else info.speaks(*keys)):
                     continue
+                if opts.get("target") == "soft" and info.hard_targets:
+                    continue  # Lovász refuses soft targets
                 if info.unreduced is None and opts.get("reduction") == "none":
                     continue
                 if mode != "multiclass" and (opts.get("target") == "onehot" or opts.get("ignore_index") == 1):
@@ -100,10 +118,12 @@ def _cases():
 @pytest.mark.parametrize("info,mode,opts", _cases())
 def test_gradcheck(info, mode, opts):
     kind = info.name
-    x, t, mask = _inputs(mode, opts, seed=zlib.crc32(f"{kind}{mode}{sorted(opts.items())}".encode()) % 1000)
+    x, t, mask = _inputs(mode, opts, zlib.crc32(f"{kind}{mode}{sorted(opts.items())}".encode()) % 1000, info)
     kw = {k: v for k, v in opts.items() if k not in ("mask", "target", "sparse_target")}
     if mode == "binary" and "weight" in kw:
         kw["weight"] = kw["weight"][:1]
+    if mode == "binary" and "dist_matrix" in kw:  # GWDL's matrix is 2 x 2 in binary mode
+        kw["dist_matrix"] = [row[:2] for row in kw["dist_matrix"][:2]]
     x.requires_grad_(True)
     fn = info.call
 
@@ -114,11 +134,14 @@ def test_gradcheck(info, mode, opts):
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
-@pytest.mark.parametrize("info", LOSSES)
-@pytest.mark.parametrize("mode", MODES)
+def _with_modes(rows=LOSSES):
+    return [pytest.param(info, mode, id=f"{mode}-{info.name}") for mode in MODES for info in rows if mode in info.modes]
+
+
+@pytest.mark.parametrize("info,mode", _with_modes())
 def test_gradcheck_full_jacobian(info, mode):
     # the full Jacobian, element by element, for the default options (per value where the loss has them)
-    x, t, mask = _inputs(mode, {"mask": True}, seed=17)
+    x, t, mask = _inputs(mode, {"mask": True}, 17, info)
     x.requires_grad_(True)
     kw = {"reduction": "none"} if info.unreduced is not None else {}
     assert torch.autograd.gradcheck(
@@ -131,9 +154,13 @@ def test_gradcheck_spatial_2d_and_batch_dice_multilabel(info):
     g = seeded(3)
     x = torch.randn(2, 2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
     t = (torch.rand(2, 2, 3, 2, generator=g) > 0.5).double()
-    assert torch.autograd.gradcheck(
-        lambda inp: info.call(inp, t, mode="multilabel", batch_dice=True, backend=BACKEND), (x,)
-    )
+    # batch Dice where the loss has it; multilabel where it takes it (else binary: the first channel)
+    kw = {"batch_dice": True} if info.takes("batch_dice") else {}
+    mode = "multilabel" if "multilabel" in info.modes else "binary"
+    if mode == "binary":
+        t = t[:, :1]
+        x = x[:, :1].detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda inp: info.call(inp, t, mode=mode, backend=BACKEND, **kw), (x,))
 
 
 def test_gradgradcheck_reference_dice():
@@ -164,8 +191,7 @@ def test_focal_gradient_finite_at_saturated_logits(gamma, mode):
     assert float(loss.detach()) < 1e-6
 
 
-@pytest.mark.parametrize("info", LOSSES)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("info,mode", _with_modes())
 def test_gradient_finite_at_probabilities_zero_and_one(info, mode):
     # from_logits=False with exact 0 / 1 probabilities (hard maps, clamped outputs): finite values, gradients
     c = 1 if mode == "binary" else 2
@@ -175,6 +201,8 @@ def test_gradient_finite_at_probabilities_zero_and_one(info, mode):
         t = torch.tensor([[0, 1, 0, 0, 1, 1]]).expand(2, 6)
     else:
         t = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64).expand(2, c, 6)
+    S = info.fit(6)  # 2 x 3 for a loss that needs a 2-D image
+    p, t = p.reshape(*p.shape[:-1], *S).clone(), t.reshape(*t.shape[:-1], *S)
     p.requires_grad_(True)
     loss = info.call(p, t, mode=mode, from_logits=False, backend=BACKEND)
     (grad,) = torch.autograd.grad(loss, p)

@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LOSSES, functions, modules, seeded
+from conftest import LOSSES, MODES, functions, losses, modules, seeded
 
 import diceloss
 from diceloss import _checks, _layout, stats
@@ -39,9 +39,13 @@ def no_compute(monkeypatch):
     def refuse(*args, **kwargs):
         raise ComputationStarted("the statistics were computed before the inputs were checked")
 
-    # every loss and compute_stats reach a backend through diceloss.stats.stats_from_layout, which asks the
+    # every head and compute_stats reach a backend through diceloss.stats.stats_from_layout, which asks the
     # dispatcher (``resolve``, looked up in the stats package) for one: refuse there
     monkeypatch.setattr(stats, "resolve", refuse)
+    # a loss that is not a head starts computing elsewhere (a distance transform, a sort, a skeleton, its own
+    # sums): the registry names where, and those functions refuse too
+    for hook in sorted({hook for info in LOSSES for hook in info.compute_hooks}):
+        monkeypatch.setattr(hook, refuse)
 
 
 def _mc(B=2, C=3, S=(4, 5)):
@@ -60,7 +64,7 @@ def _raises(exc, pattern, fn, *args, **kwargs):
 
 @pytest.mark.parametrize("fn", ALL_FUNCS)
 def test_no_compute_refuses_valid_inputs(no_compute, fn):
-    # the fixture is live: a valid call reaches the statistics and is stopped there
+    # the fixture is live: a valid call reaches the statistics (or a registered compute hook) and is stopped there
     x, t = _mc()
     with pytest.raises(ComputationStarted):
         fn(x, t)
@@ -72,21 +76,31 @@ def test_no_compute_refuses_valid_inputs(no_compute, fn):
 # shapes
 
 
-@pytest.mark.parametrize("fn", ALL_FUNCS)
-def test_wrong_number_of_dimensions(no_compute, fn):
+@pytest.mark.parametrize("info", LOSSES)
+def test_wrong_number_of_dimensions(no_compute, info):
+    fn = info.call
     x, t = _mc()
     msg = _raises(ValueError, r"\(2, 4, 5\).*got \(4, 5\)", fn, x, t[0])
     assert "class indices" in msg
     _raises(ValueError, r"at least one spatial dimension, got shape \(2, 3\)", fn, x[:, :, 0, 0], t[:, 0, 0])
     _raises(ValueError, r"batch dimension.*got shape \(3,\)", fn, torch.randn(3), t)
-    _raises(
-        ValueError,
-        r"multilabel mode expects a target of the input's shape \(2, 3, 4, 5\), got \(2, 4, 5\)",
-        fn,
-        x,
-        t,
-        mode="multilabel",
-    )
+    if "multilabel" in info.modes:
+        _raises(
+            ValueError,
+            r"multilabel mode expects a target of the input's shape \(2, 3, 4, 5\), got \(2, 4, 5\)",
+            fn,
+            x,
+            t,
+            mode="multilabel",
+        )
+    else:  # refused as a mode, whatever the target
+        _raises(ValueError, r"mode must be .*got 'multilabel'", fn, x, t, mode="multilabel")
+    if info.min_spatial_dims > 1:  # a rank the loss does not take: refused, naming the rank it got
+        _raises(ValueError, r"spatial dimension", fn, x[..., 0], t[..., 0])
+    if info.max_spatial_dims is not None:
+        d = info.max_spatial_dims + 1
+        xd, td = x.reshape(2, 3, *([1] * (d - 2)), 4, 5), t.reshape(2, *([1] * (d - 2)), 4, 5)
+        _raises(ValueError, r"spatial dimension", fn, xd, td)
 
 
 @pytest.mark.parametrize("fn", ALL_FUNCS)
@@ -400,11 +414,16 @@ def test_generalized_dice_takes_no_weight():
 # options (raised by the constructors)
 
 
-@pytest.mark.parametrize("cls", ALL_MODULES)
-def test_unknown_mode(cls):
-    _raises(
-        ValueError, r"mode must be one of 'binary', 'multiclass', 'multilabel'; got 'multi'", cls, "multi"
-    )
+@pytest.mark.parametrize("info", LOSSES)
+def test_unknown_mode(info):
+    cls = info.module
+    if info.modes == MODES:
+        _raises(
+            ValueError, r"mode must be one of 'binary', 'multiclass', 'multilabel'; got 'multi'", cls, "multi"
+        )
+    else:  # the modes it takes, named in the message (in any order)
+        msg = _raises(ValueError, r"mode must be one of .*; got 'multi'", cls, "multi")
+        assert all(repr(m) in msg for m in info.modes)
     _raises(ValueError, r"mode must be one of .*got 'multi'", cls, mode="multi")
 
 
@@ -441,9 +460,17 @@ def test_unknown_absent(cls):
     _raises(ValueError, r"absent must be one of 'include', 'exclude'; got 'drop'", cls, absent="drop")
 
 
-@pytest.mark.parametrize("cls", ALL_MODULES)
+@pytest.mark.parametrize("cls", modules(lambda info: info.plumbs("backend")))
 def test_unknown_backend(cls):
     _raises(ValueError, r"backend must be one of 'auto', 'reference'.*got 'cuda'", cls, backend="cuda")
+
+
+@pytest.mark.parametrize("info", losses(lambda info: not info.plumbs("backend")))
+def test_no_backend_keyword_is_a_type_error(info):
+    # a loss with one implementation takes no backend: passing one is a TypeError naming it, not ignored
+    _raises(TypeError, r"backend", info.module, backend="reference")
+    x, t = _mc()
+    _raises(TypeError, r"backend", info.function, x, t, backend="reference")
 
 
 @pytest.mark.parametrize(
@@ -466,7 +493,7 @@ def test_tversky_option_types():
     _raises(TypeError, r"exponent must be a number, got bool", diceloss.TverskyLoss, exponent=True)
 
 
-@pytest.mark.parametrize("cls", ALL_MODULES)
+@pytest.mark.parametrize("cls", modules(lambda info: info.takes("smooth_nr", "smooth_dr")))
 @pytest.mark.parametrize(
     "kw,pattern",
     [
@@ -528,11 +555,15 @@ def test_options_fail_in_the_constructor_not_at_the_first_batch():
             info.call(x, t, reduction="bogus")
 
 
-@pytest.mark.parametrize("fn", ALL_FUNCS)
-def test_option_errors_before_computation(no_compute, fn):
+@pytest.mark.parametrize("info", LOSSES)
+def test_option_errors_before_computation(no_compute, info):
+    fn = info.function
     x, t = _mc()
     _raises(ValueError, r"mode must be one of", fn, x, t, mode="foo")
-    _raises(ValueError, r"smooth_nr .* must not exceed smooth_dr", fn, x, t, smooth_nr=1.0, smooth_dr=0.0)
+    if info.takes("smooth_nr", "smooth_dr"):
+        _raises(ValueError, r"smooth_nr .* must not exceed smooth_dr", fn, x, t, smooth_nr=1.0, smooth_dr=0.0)
+    else:  # the loss has no smoothing: the keyword itself is refused
+        _raises(TypeError, r"smooth_nr", fn, x, t, smooth_nr=1.0)
 
 
 def test_one_hot_ignore_index_must_name_a_channel(no_compute):

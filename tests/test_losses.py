@@ -3,15 +3,23 @@ again when set after construction, and a module equal to its function after any 
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
-from conftest import LOSSES
+from conftest import LOSSES, PLUMBING
 
 import diceloss
 from diceloss import functional as DF
 
 MODULES = [info.module for info in LOSSES]
 FUNCTION_OF = {info.module: info.call for info in LOSSES}
+INFO_OF = {info.module: info for info in LOSSES}
+
+
+def _has(info, name: str) -> bool:
+    """Whether the loss has the option or plumbing keyword ``name`` (a loss that is not a head lacks some)."""
+    return info.plumbs(name) if name in PLUMBING else info.takes(name)
 
 # (attribute, bad value, error type, message fragment): each is also refused by the constructor
 BAD_SHARED = [
@@ -21,7 +29,7 @@ BAD_SHARED = [
     ("ignore_index", 1.5, TypeError, "ignore_index must be an int or None"),
     ("smooth_nr", -1.0, ValueError, "smooth_nr must be finite"),
     ("smooth_nr", 1.0, ValueError, "must not exceed smooth_dr"),
-    ("distributed", True, ValueError, "only batch Dice needs"),
+    ("distributed", True, ValueError, "only batch( Dice|_dice=True) needs"),  # the wordings of the heads, the maps
 ]
 BAD_OWN = {
     diceloss.DiceLoss: [("absent", "skip", ValueError, "absent must be one of")],
@@ -42,9 +50,60 @@ BAD_OWN = {
         ("gamma", -2.0, ValueError, "gamma must be finite"),
         ("lambda_focal", -1.0, ValueError, "lambda_focal must be finite"),
     ],
+    diceloss.ClDiceLoss: [("iterations", -1, ValueError, "iterations must be a non-negative int")],
+    diceloss.DiceClDiceLoss: [("lambda_cldice", -1.0, ValueError, "lambda_cldice must be finite")],
+    diceloss.HausdorffDTLoss: [
+        ("alpha", -1.0, ValueError, "alpha must be finite, > 0"),
+        ("spacing", (1.0, 0.0), ValueError, "spacing\\[1\\] must be finite, > 0"),
+        ("empty", "inf", ValueError, "empty must be one of"),
+    ],
+    diceloss.BlobLoss: [
+        ("lambda_blob", -1.0, ValueError, "lambda_blob must be finite"),
+        ("connectivity", 0, ValueError, "connectivity must be None"),
+    ],
+    diceloss.UnifiedFocalLoss: [
+        ("gamma", 1.0, ValueError, "gamma must be in \\[0, 1\\)"),
+        ("delta", 1.5, ValueError, "delta must be finite"),
+    ],
+    diceloss.GeneralizedWassersteinDiceLoss: [("weighting", "square", ValueError, "weighting must be one of")],
+    diceloss.LovaszLoss: [
+        ("per_image", "yes", TypeError, "per_image must be True or False"),
+        ("classes", "some", ValueError, "classes must be one of 'present', 'all'"),
+    ],
+    diceloss.SkeletonRecallLoss: [("smooth_dr", -1.0, ValueError, "smooth_dr must be finite, >= 0")],
+    diceloss.DiceCESkeletonRecallLoss: [
+        ("reduction", "none", ValueError, "not 'none'"),
+        ("lambda_skeleton", -1.0, ValueError, "lambda_skeleton must be finite"),
+        ("lambda_ce", float("nan"), ValueError, "lambda_ce must be finite"),
+    ],
+    diceloss.BoundaryLoss: [
+        ("spacing", (1.0, 0.0), ValueError, "spacing\\[1\\] must be finite, > 0"),
+        ("spacing", -1.0, ValueError, "spacing must be finite, > 0"),
+    ],
+    diceloss.CalibrationLoss: [
+        ("bins", 0, ValueError, "bins must be in \\[1, 10000\\]"),
+        ("empty_weight", -1.0, ValueError, "empty_weight must be finite, > 0"),
+        ("absent", "drop", ValueError, "absent must be one of 'include', 'exclude'"),
+        ("soft", "yes", TypeError, "soft must be True or False"),
+    ],
 }
+
+
+def _shared_cases(info) -> list[tuple]:
+    """The rows of BAD_SHARED for the options the loss has; smooth_nr above smooth_dr is 1.0 (2 smooth_dr where the
+    default smooth_dr is 1 or more, as clDice's)."""
+    out = []
+    for name, value, error, message in BAD_SHARED:
+        if not _has(info, name):
+            continue
+        if message == "must not exceed smooth_dr":
+            value = max(value, 2 * inspect.signature(info.module).parameters["smooth_dr"].default)
+        out.append((name, value, error, message))
+    return out
+
+
 # a registered loss without a row here fails loudly (KeyError) rather than going untested
-CASES = [(cls, *bad) for cls in MODULES for bad in BAD_SHARED + BAD_OWN[cls]]
+CASES = [(cls, *bad) for cls in MODULES for bad in _shared_cases(INFO_OF[cls]) + BAD_OWN[cls]]
 
 
 @pytest.mark.parametrize("cls,name,value,error,message", CASES, ids=lambda v: getattr(v, "__name__", repr(v)))
@@ -65,17 +124,26 @@ def _problem(seed=0):
     return x, t
 
 
-@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"batch_dice": True},
-        {"include_background": False},
-        {"ignore_index": 2, "smooth_nr": 0.0, "smooth_dr": 1e-3},
-        {"from_logits": True, "soft_label": True, "backend": "reference"},
-    ],
-    ids=lambda d: ",".join(d),
-)
+CHANGES = [
+    {"batch_dice": True},
+    {"include_background": False},
+    {"ignore_index": 2, "smooth_nr": 0.0, "smooth_dr": 1e-3},
+    {"from_logits": True, "soft_label": True, "backend": "reference"},
+]
+
+
+def _change_cases():
+    # each change with the options the loss has (all of them for a head); a change left empty is no case
+    out = []
+    for info in LOSSES:
+        for changes in CHANGES:
+            kept = {k: v for k, v in changes.items() if _has(info, k)}
+            if kept:
+                out.append(pytest.param(info.module, kept, id=f"{info.module.__name__}-{','.join(kept)}"))
+    return out
+
+
+@pytest.mark.parametrize("cls,changes", _change_cases())
 def test_a_module_changed_after_construction_equals_one_built_with_the_change(cls, changes):
     x, t = _problem()
     changed = cls()
@@ -103,10 +171,13 @@ def test_gdl_and_dice_change_batch_dice_the_same_way():
 
 @pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
 def test_every_loss_declares_mode_and_ignore_index(cls):
-    loss = cls(mode="multilabel", ignore_index=255)
-    assert loss.mode == "multilabel" and loss.ignore_index == 255
+    info = INFO_OF[cls]
+    mode = "multilabel" if "multilabel" in info.modes else "binary"  # a mode other than the default
+    loss = cls(mode=mode, ignore_index=255)
+    assert loss.mode == mode and loss.ignore_index == 255
     for name in ("mode", "ignore_index", "batch_dice", "reduction", "backend", "from_logits"):
-        assert isinstance(getattr(type(loss), name), property) or hasattr(type(loss), name)
+        if _has(info, name):
+            assert isinstance(getattr(type(loss), name), property) or hasattr(type(loss), name)
 
 
 def test_compound_lambdas_and_dice_options_read_and_write_through():

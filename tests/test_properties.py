@@ -1,4 +1,10 @@
-"""Property tests (hypothesis): ranges, minima, invariances and identities that hold for any input."""
+"""Property tests (hypothesis): ranges, minima, invariances and identities that hold for any input.
+
+Every loss of the registry gets the properties its row says it has: a range in [0, 1] (``range01``), classes
+that play symmetric parts (``class_symmetric``), positions that leave it entirely when masked (``mask_local``);
+the modes it takes, soft targets unless it refuses them (``hard_targets``), the options it takes, and the same
+positions as a 2-D image where it needs one (``fit``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import LOSS, LOSSES, losses, seeded
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from diceloss import functional as DF
@@ -20,6 +26,23 @@ PER_CLASS = {info.name: info.call for info in losses(lambda info: info.unreduced
 ALL = {info.name: info.call for info in LOSSES}
 # the losses that reach exactly 0 at p = g (no pixel-wise term), also for soft targets
 OVERLAP_ONLY = [info.name for info in losses(lambda info: not info.compound)]
+ZERO_AT_PERFECT = [name for name in OVERLAP_ONLY if LOSS[name].zero_minimum]
+# the per-class losses whose values lie in [0, 1]
+UNIT = [name for name in PER_CLASS if LOSS[name].range01]
+# the losses with a value per sample (reduction="none")
+PER_SAMPLE = [name for name in OVERLAP_ONLY if LOSS[name].unreduced is not None]
+
+
+def _fit(kind, x, t, mode, *masks):
+    """Check that the loss takes the problem (its modes; soft targets unless it refuses them), and reshape the
+    N positions to a spatial shape it takes (a 2-D image for clDice), masks (B, N) included."""
+    info = LOSS[kind]
+    assume(mode in info.modes)
+    if info.hard_targets:
+        assume(not bool(((t > 0) & (t < 1)).any()))
+    S = info.fit(x.shape[-1])
+    out = [x.reshape(*x.shape[:2], *S), t.reshape(*t.shape[:-1], *S)]
+    return (*out, *(m.reshape(m.shape[0], *S) for m in masks))
 
 
 @st.composite
@@ -59,11 +82,13 @@ COMMON = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.parametrize("kind", UNIT)
 @SETTINGS
-@given(problems(), COMMON, st.sampled_from(list(PER_CLASS)), st.booleans())
-def test_per_class_losses_in_unit_interval(problem, opts, kind, squared):
+@given(problems(), COMMON, st.booleans())
+def test_per_class_losses_in_unit_interval(kind, problem, opts, squared):
     x, t, mode = problem
-    kw = dict(opts)
+    x, t = _fit(kind, x, t, mode)
+    kw = LOSS[kind].accepted(opts)
     if LOSS[kind].takes("squared"):
         kw["squared"] = squared
     per = PER_CLASS[kind](x, t, mode=mode, reduction="none", backend=BACKEND, **kw)
@@ -92,10 +117,12 @@ def test_hard_metric_dice_in_unit_interval(problem):
         assert s.dtype == torch.float64 and ((s >= 0) & (s <= 1)).all()
 
 
+@pytest.mark.parametrize("kind", list(ALL))
 @SETTINGS
-@given(problems(), st.sampled_from(list(ALL)), st.booleans())
-def test_perfect_prediction_is_the_minimum(problem, kind, batch_dice):
+@given(problems(), st.booleans())
+def test_perfect_prediction_is_the_minimum(kind, problem, batch_dice):
     x, t, mode = problem
+    x, t = _fit(kind, x, t, mode)
     C = x.shape[1]
     g = _one_hot(t, C)
     soft = bool(((g > 0) & (g < 1)).any())
@@ -110,19 +137,22 @@ def test_perfect_prediction_is_the_minimum(problem, kind, batch_dice):
     }
     if not LOSS[kind].soft_targets:
         kw.pop("soft_label")
+    kw = LOSS[kind].accepted(kw) | {"backend": BACKEND}
     p = torch.softmax(x, 1) if mode == "multiclass" else torch.sigmoid(x)
     perfect = ALL[kind](g.clone(), t, **kw)
     other = ALL[kind](p, t, **kw)
     assert float(other) >= float(perfect) - 1e-12
-    if kind in OVERLAP_ONLY:
+    if kind in ZERO_AT_PERFECT:
         # the Dice-family losses reach exactly 0 at p = g, also for soft targets (the semimetric)
         assert abs(float(perfect)) < 1e-12
 
 
+@pytest.mark.parametrize("kind", [info.name for info in losses(lambda info: info.class_symmetric)])
 @SETTINGS
-@given(problems(modes=("multiclass", "multilabel")), st.sampled_from(list(ALL)), st.data())
-def test_class_permutation_invariance(problem, kind, data):
+@given(problems(modes=("multiclass", "multilabel")), st.data())
+def test_class_permutation_invariance(kind, problem, data):
     x, t, mode = problem
+    x, t = _fit(kind, x, t, mode)
     C = x.shape[1]
     perm = torch.tensor(data.draw(st.permutations(list(range(C)))))
     inv = torch.argsort(perm)
@@ -132,6 +162,8 @@ def test_class_permutation_invariance(problem, kind, data):
     else:
         t_perm = inv[t]  # class k becomes the class at which k sits after the permutation
     kw = {"mode": mode, "backend": BACKEND}
+    if not LOSS[kind].default_background(mode):
+        kw["include_background"] = True  # channel 0 is no background when the classes are permuted
     if LOSS[kind].takes("weight"):
         kw["weight"] = weight
         kw_perm = dict(kw, weight=weight[perm])
@@ -146,10 +178,12 @@ def test_class_permutation_invariance(problem, kind, data):
         torch.testing.assert_close(a[:, perm], b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", [info.name for info in losses(lambda info: info.mask_local)])
 @SETTINGS
-@given(problems(), st.sampled_from(list(ALL)), st.booleans(), st.integers(0, 2**31 - 1))
-def test_ignored_positions_change_nothing(problem, kind, batch_dice, seed):
+@given(problems(), st.booleans(), st.integers(0, 2**31 - 1))
+def test_ignored_positions_change_nothing(kind, problem, batch_dice, seed):
     x, t, mode = problem
+    _fit(kind, x, t, mode)  # the modes and targets it takes
     B, C, N = x.shape
     g = seeded(seed)
     mask = torch.rand(B, N, generator=g) > 0.4
@@ -165,7 +199,8 @@ def test_ignored_positions_change_nothing(problem, kind, batch_dice, seed):
             )
     else:
         t2 = torch.where(mask, t, torch.randint(0, C, (B, N), generator=g))
-    kw = {"mode": mode, "batch_dice": batch_dice, "backend": BACKEND}
+    kw = LOSS[kind].accepted({"mode": mode, "batch_dice": batch_dice}) | {"backend": BACKEND}
+    x, t, x2, t2, mask = _fit_all(kind, x, t, x2, t2, mask)
     xa = x.clone().requires_grad_(True)
     xb = x2.clone().requires_grad_(True)
     a = ALL[kind](xa, t, mask, **kw)
@@ -187,10 +222,18 @@ def test_ignored_positions_change_nothing(problem, kind, batch_dice, seed):
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
 
 
+def _fit_all(kind, x, t, x2, t2, mask):
+    S = LOSS[kind].fit(x.shape[-1])
+    spatial = [z.reshape(*z.shape[:-1], *S) for z in (x, t, x2, t2)]
+    return (*spatial, mask.reshape(mask.shape[0], *S))
+
+
+@pytest.mark.parametrize("kind", PER_SAMPLE)
 @SETTINGS
-@given(problems(), st.sampled_from(OVERLAP_ONLY), st.integers(0, 2**31 - 1))
-def test_per_sample_loss_independent_of_other_samples(problem, kind, seed):
+@given(problems(), st.integers(0, 2**31 - 1))
+def test_per_sample_loss_independent_of_other_samples(kind, problem, seed):
     x, t, mode = problem
+    x, t = _fit(kind, x, t, mode)
     B = x.shape[0]
     if B < 2:
         x, t = torch.cat([x, x.flip(-1)]), torch.cat([t, t.flip(-1)])
@@ -199,7 +242,7 @@ def test_per_sample_loss_independent_of_other_samples(problem, kind, seed):
     x2[1:] = torch.randn(x2[1:].shape, generator=g, dtype=x.dtype) * 4
     t2 = t.clone()
     t2[1:] = t[1:].flip(-1)
-    kw = {"mode": mode, "reduction": "none", "backend": BACKEND}
+    kw = {"mode": mode, "reduction": "none", "backend": BACKEND, **LOSS[kind].per_sample}
     a = ALL[kind](x, t, **kw)
     b = ALL[kind](x2, t2, **kw)
     torch.testing.assert_close(a[0], b[0], rtol=1e-12, atol=1e-14)
@@ -270,11 +313,12 @@ def test_gdl_single_class_is_dice(problem):
         torch.testing.assert_close(gd, d[:, 0], rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("kind", list(PER_CLASS))
+@pytest.mark.parametrize("kind", [name for name in PER_CLASS if LOSS[name].takes("batch_dice")])
 def test_batch_dice_with_one_sample_equals_per_sample(kind):
     g = seeded(1)
-    x = torch.randn(1, 3, 10, generator=g, dtype=torch.float64)
-    t = torch.randint(0, 3, (1, 10), generator=g)
+    S = LOSS[kind].fit(10)  # 2 x 5 for a loss that needs a 2-D image
+    x = torch.randn(1, 3, 10, generator=g, dtype=torch.float64).reshape(1, 3, *S)
+    t = torch.randint(0, 3, (1, 10), generator=g).reshape(1, *S)
     a = PER_CLASS[kind](x, t, reduction="none", backend=BACKEND)
     b = PER_CLASS[kind](x, t, reduction="none", batch_dice=True, backend=BACKEND)
     torch.testing.assert_close(a[0], b)

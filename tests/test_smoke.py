@@ -4,11 +4,12 @@ The registry (``tests/conftest.py``) is checked against the package here: every 
 options it states for a loss are the function's keywords.
 """
 
+import importlib
 import inspect
 
 import pytest
 import torch
-from conftest import LOSSES, PLUMBING, seeded
+from conftest import LOSSES, MODES, PLUMBING, seeded
 
 import diceloss
 
@@ -60,3 +61,23 @@ def test_dice_loss_known_value():
     x = torch.zeros(1, 2, 4)
     t = torch.tensor([[0, 0, 1, 1]])
     assert abs(float(diceloss.DiceLoss()(x, t)) - 0.5) < 1e-5  # smoothing moves it by 1.25e-6
+
+
+@pytest.mark.parametrize("info", LOSSES)
+def test_registry_facts_name_real_things(info):
+    """The facts of a row point at what exists: a renamed compute hook would silently leave ``no_compute``
+    (tests/test_inputs.py) watching nothing; a mode, a rank or an option the loss does not have would make a generic
+    test skip checks it should run."""
+    for hook in info.compute_hooks:
+        module, _, attr = hook.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), attr)), hook
+    assert info.modes and set(info.modes) <= set(MODES) and "multiclass" in info.modes
+    assert info.min_spatial_dims >= 1
+    assert info.max_spatial_dims is None or info.max_spatial_dims >= info.min_spatial_dims
+    assert info.takes(*info.per_sample) and info.takes(*info.example)
+    # a head is none of the things a loss that is not a head may be
+    if info.head:
+        assert (info.modes, info.min_spatial_dims, info.max_spatial_dims) == (MODES, 1, None)
+        assert not info.geometric and info.fullgraph and info.mask_local and not info.compute_hooks
+    # a loss that refuses soft targets is not minimal at them either
+    assert not (info.hard_targets and info.soft_targets)

@@ -210,7 +210,7 @@ def _shifted_truth(r, s, tol):
 
 
 SPHERES = [((1.0, 1.0, 1.0), 2), ((1.0, 1.0, 1.0), 5), ((2.0, 1.0, 1.0), 2), ((2.0, 1.0, 1.0), 5)]
-# max |error| on the spheres below (README, metrics section), per definition; measured + a small margin
+# max |error| on the spheres below (docs/metrics.md), per definition; measured + a small margin
 SPHERE_BOUND = {"voxel": {"hd95": 0.3, "assd": 0.4, "nsd": 0.18}, "surfel": {"hd95": 0.55, "assd": 0.52, "nsd": 0.33}}
 
 

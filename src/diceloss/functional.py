@@ -30,7 +30,16 @@ from torch import Tensor
 
 from ._checks import check_weight
 from ._pipeline import LossOptions, run
+from .blob import blob_loss
+from .boundary import boundary_loss
+from .calibration_loss import calibration_loss
+from .cldice import cldice_loss, dice_cldice_loss
+from .hausdorff import hausdorff_dt_loss
 from .heads import CompoundHead, DiceHead, GeneralizedDiceHead, JaccardHead, TverskyHead
+from .lovasz import lovasz_loss
+from .skeleton_recall import dice_ce_skeleton_recall_loss, skeleton_recall_loss
+from .unified_focal import unified_focal_loss
+from .wasserstein import generalized_wasserstein_dice_loss
 
 Weight = Sequence[float] | Tensor | None
 
@@ -313,4 +322,15 @@ __all__ = [
     "generalized_dice_loss",
     "dice_ce_loss",
     "dice_focal_loss",
+    "hausdorff_dt_loss",
+    "lovasz_loss",
+    "cldice_loss",
+    "dice_cldice_loss",
+    "skeleton_recall_loss",
+    "dice_ce_skeleton_recall_loss",
+    "boundary_loss",
+    "calibration_loss",
+    "blob_loss",
+    "unified_focal_loss",
+    "generalized_wasserstein_dice_loss",
 ]

@@ -44,8 +44,9 @@ _COMMON_DOC = """
 
 class _Option:
     """A module attribute that lives in the module's options object or head (``path``: "_options", "_head" or
-    "_head.dice"; a loss without a head keeps every option in a frozen dataclass ``_options``). Reading it reads that field; setting it makes a new options object or head with the
-    field replaced, which validates it again, and the module checks the pair before keeping it."""
+    "_head.dice"; a loss without a head keeps every option in a frozen dataclass ``_options``). Reading it
+    reads that field; setting it makes a new options object or head with the field replaced, which validates
+    it again, and the module checks the pair before keeping it."""
 
     def __init__(self, path: str = "_options") -> None:
         self.path = path.split(".")

@@ -16,6 +16,15 @@ losses (--loss, repeatable; default: ce dice gdl dicece):
   dice       diceloss.DiceLoss              gdl        diceloss.GeneralizedDiceLoss
   dicece     diceloss.DiceCELoss            dicefocal  diceloss.DiceFocalLoss
   tversky    diceloss.TverskyLoss           jaccard    diceloss.JaccardLoss
+  hausdorff  diceloss.hausdorff.DiceHausdorffDTLoss (Dice + CE + 0.01 x Hausdorff-DT; --loss-opt lambda_hd=...)
+  cldice     diceloss.DiceClDiceLoss (0.5 Dice + 0.5 soft clDice; --loss-opt iterations=5)
+  blob       diceloss.BlobLoss (Dice + Dice per target component; --loss-opt lambda_blob=2)
+  unified_focal  diceloss.UnifiedFocalLoss (asymmetric unified focal; --loss-opt delta=0.6 gamma=0.5)
+  wasserstein    diceloss.GeneralizedWassersteinDiceLoss (--loss-opt "dist_matrix=[[0,1],[1,0]]")
+  lovasz     diceloss.LovaszLoss (Lovász-softmax over the batch; --loss-opt per_image=true classes=all)
+  skeleton_recall  diceloss.DiceCESkeletonRecallLoss (Dice + CE + Skeleton Recall; --loss-opt lambda_skeleton=2)
+  boundary   GeneralizedDiceLoss + 0.01 x diceloss.BoundaryLoss (--loss-opt lambda_boundary=0.1 spacing=[1,2])
+  calibration  DiceCELoss + 0.3 x diceloss.CalibrationLoss (--loss-opt soft=true lambda_calibration=1)
 The Dice-family losses get batch_dice=True unless --loss-opt says otherwise.
 
 examples:

@@ -30,37 +30,24 @@ from multiprocessing import connection as mp_connection
 import numpy as np
 
 from .. import io as dio
-from ..metrics import surface
-from ..metrics.overlap import empty_fill
+from ..metrics import families, surface
+from ..metrics.families import (  # noqa: F401  (family_metrics, blank_family, TOPOLOGY_METRICS: importable here)
+    COMPONENT_METRICS,
+    FAMILY_METRICS,
+    LESION_METRICS,
+    TOPOLOGY_METRICS,
+    blank_family,
+    family_metrics,
+)
 from . import report as html_report
+from .progress import progress
 
-# the families beside the overlap and surface metrics (label maps only: calibration needs probabilities)
-COMPONENT_METRICS = ("cc_dice",)
-LESION_METRICS = ("lesion_f1", "lesion_precision", "lesion_recall", "pq")
-TOPOLOGY_METRICS = ("cldice", "betti0", "betti1", "betti2")
-FAMILY_METRICS = COMPONENT_METRICS + LESION_METRICS + TOPOLOGY_METRICS
+# the families beside the overlap and surface metrics (label maps only: calibration needs probabilities):
+# COMPONENT_METRICS, LESION_METRICS, TOPOLOGY_METRICS, FAMILY_METRICS, family_metrics, blank_family
 ALL_METRICS = surface.METRICS + FAMILY_METRICS
 _ALIASES = {"betti": ("betti0", "betti1", "betti2"), "lesion": LESION_METRICS}
 _CALIBRATION = ("ece", "ace", "mce", "calibration")
-LESION_THRESHOLD = 0.5  # lesion matching: IoU > 0.5, one-to-one (lesion_metrics' defaults)
-
-FAMILY_DEFINITIONS = {
-    "cc_dice": "CC-Metrics Dice (Jaus et al., AAAI 2025): the image split into the Voronoi cells of the ground-truth "
-               "connected components (full connectivity: 8 in 2D, 26 in 3D; Euclidean distance in the spacing's "
-               "units), Dice of prediction and ground truth inside each cell, mean over the components of the case; "
-               "no ground-truth component: 0 when the prediction has one, the --empty value when neither has",
-    "lesion": "lesion-wise detection (panoptica, BraTS lesion-wise): connected components of prediction and ground "
-              "truth (full connectivity: 8 in 2D, 26 in 3D) matched one-to-one, greedily by IoU descending, a pair "
-              f"matching when IoU > {LESION_THRESHOLD}; lesion_precision = TP/(TP+FP), lesion_recall = TP/(TP+FN), "
-              "lesion_f1 = 2TP/(2TP+FP+FN) (= RQ), pq = SQ * RQ with SQ the mean IoU of the matched pairs; "
-              "no component in either: the --empty value, a zero denominator otherwise: 0",
-    "cldice": "hard clDice (Shit et al., CVPR 2021): 2 Tprec Tsens / (Tprec + Tsens), Tprec = |S(P) & T| / |S(P)|, "
-              "Tsens = |S(T) & P| / |S(T)|, S the scikit-image skeletonize (Zhang's thinning in 2D, Lee's in 3D; "
-              "a mask thinned away whole is its own skeleton); both empty: the --empty value, one empty: 0",
-    "betti": "Betti-number errors |beta_i(pred) - beta_i(gt)|: betti0 components, betti1 holes (2D) / tunnels (3D), "
-             "betti2 cavities (3D only; NaN in 2D); foreground connectivity 8 in 2D / 26 in 3D, background the "
-             "dual 4 / 6; defined for empty masks too (both empty: 0)",
-}
+_FAMILY_OPTIONS = ("connectivity", "lesion_match", "lesion_threshold", "lesion_inclusive")
 
 DESCRIPTION = """\
 Score predicted label maps against ground truth, per case and label: dice, iou, precision, recall,
@@ -89,6 +76,7 @@ examples:
   diceloss eval preds/ labelsTs/ --csv scores.csv --jobs 4
   diceloss eval preds/ labelsTs/ --surface surfel --percentile pooled --json scores.json
   diceloss eval pred.nii.gz gt.nii.gz --labels 1-3 --tolerance 2 --metrics dice,hd95,nsd
+  diceloss eval preds/ labelsTs/ --metrics dice,lesion,betti --lesion-threshold 0.1 --connectivity face
 """
 
 
@@ -147,6 +135,35 @@ def _parse_metrics(text: str) -> tuple[str, ...]:
         raise UsageError(f"--metrics: expected names from {valid} (or all, betti, lesion); got {text!r}"
                          + (f" (unknown: {', '.join(bad)})" if bad else ""))
     return tuple(names)
+
+
+def _family_options(args: argparse.Namespace, metrics: tuple[str, ...]) -> dict:
+    """--connectivity and --lesion-* as options (only those of the families asked for); a flag given for a
+    family that is not asked for is an error, not silently ignored."""
+    lesion = any(m in LESION_METRICS for m in metrics)
+    components = lesion or any(m == "cc_dice" or m.startswith("betti") for m in metrics)
+    conn, match, threshold, inclusive = (getattr(args, k, None) for k in ("connectivity", "lesion_match",
+                                                                          "lesion_threshold", "lesion_inclusive"))
+    given = [flag for flag, value in (("--connectivity", conn), ("--lesion-match", match),
+                                      ("--lesion-threshold", threshold), ("--lesion-inclusive", inclusive or None))
+             if value is not None]
+    for flag in given:
+        if not (lesion if flag.startswith("--lesion") else components):
+            wanted = ", ".join(LESION_METRICS) if flag.startswith("--lesion") else "cc_dice, the lesion metrics, betti"
+            raise UsageError(f"{flag}: applies to {wanted}; expected one of them in --metrics, got "
+                             f"{','.join(metrics)}")
+    out: dict = {}
+    if components:
+        out["connectivity"] = conn or "full"
+    if lesion:
+        if match == "overlap" and (threshold is not None or inclusive):
+            raise UsageError("--lesion-threshold / --lesion-inclusive: expected --lesion-match iou (overlap "
+                             "matches any overlapping pair, without a threshold)")
+        value = 0.5 if threshold is None else float(threshold)
+        if not (math.isfinite(value) and 0.0 <= value < 1.0):
+            raise UsageError(f"--lesion-threshold: expected an IoU in [0, 1), got {threshold}")
+        out.update(lesion_match=match or "iou", lesion_threshold=value, lesion_inclusive=bool(inclusive))
+    return out
 
 
 def _check_output(flag: str, path: str | None) -> None:
@@ -286,19 +303,25 @@ def evaluate_case(case: Case, opts: dict) -> CaseResult:
         base = tuple(m for m in opts["metrics"] if m in surface.METRICS)
         family = tuple(m for m in opts["metrics"] if m in FAMILY_METRICS)
         scores: dict[int, dict[str, float]] = {}
+        # the families box every label too: one find_objects pass per map for both
+        boxes = surface.label_boxes(pred.array, gt.array) if family else None
         if base:
             scores = surface.segmentation_metrics(
                 pred.array, gt.array, labels=opts["labels"], metrics=base, spacing=res.spacing,
                 tolerance=opts["tolerance"], ignore_index=opts["ignore_index"],
                 include_background=opts["include_background"], empty=opts["empty"],
                 empty_distance=opts["empty_distance"], backend=opts["backend"],
-                surface=opts["surface"], percentile=opts["percentile"],
+                surface=opts["surface"], percentile=opts["percentile"], boxes=boxes,
             )
         if family:
             labels = list(scores) if base else opts["labels"]
             extra = family_metrics(pred.array, gt.array, family, labels=labels, spacing=res.spacing,
                                    ignore_index=opts["ignore_index"],
-                                   include_background=opts["include_background"], empty=opts["empty"])
+                                   include_background=opts["include_background"], empty=opts["empty"],
+                                   connectivity=opts.get("connectivity", "full"),
+                                   match=opts.get("lesion_match", "iou"),
+                                   threshold=opts.get("lesion_threshold", 0.5),
+                                   strict=not opts.get("lesion_inclusive", False), boxes=boxes)
             for c, vals in extra.items():
                 scores.setdefault(c, {}).update(vals)
         res.metrics = {c: {m: scores[c][m] for m in opts["metrics"]} for c in sorted(scores)}
@@ -307,117 +330,9 @@ def evaluate_case(case: Case, opts: dict) -> CaseResult:
     return res
 
 
-def _union_boxes(p: np.ndarray, t: np.ndarray, wanted: list[int]) -> dict[int, tuple[slice, ...] | None]:
-    """label -> bounding box of its voxels in either map, one voxel wider (clipped); None when absent from both.
-    One ``find_objects`` pass per map for non-negative integer maps, a mask per label otherwise."""
-    from scipy import ndimage
-
-    direct = all(np.issubdtype(a.dtype, np.integer) and a.size and int(a.min()) >= 0 and int(a.max()) < 2**16
-                 for a in (p, t))
-    found = [ndimage.find_objects(a) for a in (p, t)] if direct else None
-    out: dict[int, tuple[slice, ...] | None] = {}
-    for c in wanted:
-        if found is not None and c > 0:
-            boxes = [f[c - 1] for f in found if c <= len(f) and f[c - 1] is not None]
-        else:
-            boxes = []
-            for a in (p, t):
-                m = a == c
-                if m.any():
-                    boxes.append(tuple(
-                        slice(int(h[0]), int(h[-1]) + 1) for h in
-                        (np.flatnonzero(m.any(axis=tuple(j for j in range(a.ndim) if j != ax)))
-                         for ax in range(a.ndim))))
-        if not boxes:
-            out[c] = None
-            continue
-        out[c] = tuple(slice(max(min(b[i].start for b in boxes) - 1, 0), min(max(b[i].stop for b in boxes) + 1, n))
-                       for i, n in enumerate(p.shape))
-    return out
-
-
-def family_metrics(pred, gt, metrics: tuple[str, ...], *, labels=None, spacing=None, ignore_index=None,
-                   include_background: bool = False, empty: str = "one") -> dict[int, dict[str, float]]:
-    """The component, lesion-wise and topology metrics (``FAMILY_METRICS``) of one case, per label: label
-    -> metric -> value. Labels are chosen as :func:`diceloss.metrics.segmentation_metrics` chooses them;
-    ground-truth ``ignore_index`` voxels are background in both maps. Each label is scored inside the
-    bounding box of its voxels in either map plus one voxel (outside it both masks are empty, so the values
-    are those of the whole image). Definitions: ``FAMILY_DEFINITIONS``."""
-    from ..metrics.components import component_metrics, lesion_metrics
-    from ..metrics.topology import betti_errors, cldice_score
-
-    p, t = np.asarray(pred), np.asarray(gt)
-    if p.dtype == bool:
-        p = p.view(np.uint8)
-    if t.dtype == bool:
-        t = t.view(np.uint8)
-    keep = None
-    if ignore_index is not None and (t == ignore_index).any():
-        keep = t != ignore_index
-    present = () if labels is not None else set(np.unique(p).tolist()) | set(np.unique(t).tolist())
-    wanted = surface.select_labels(present, labels, binary=False, include_background=include_background,
-                                   ignore_index=ignore_index)
-    boxes = _union_boxes(p, t, wanted)
-    out: dict[int, dict[str, float]] = {}
-    for c in wanted:
-        box = boxes[c]
-        if box is None:
-            out[c] = blank_family(metrics, empty=empty, ndim=p.ndim)
-            continue
-        P, T = p[box] == c, t[box] == c
-        if keep is not None:
-            P &= keep[box]
-        row: dict[str, float] = {}
-        if not P.any() and not T.any():  # only ignored voxels held the label
-            out[c] = blank_family(metrics, empty=empty, ndim=p.ndim)
-            continue
-        if "cc_dice" in metrics:
-            row["cc_dice"] = float(component_metrics(P, T, ("dice",), spacing=spacing)["dice"])
-        if any(m in LESION_METRICS for m in metrics):
-            r = lesion_metrics(P, T, threshold=LESION_THRESHOLD, empty=empty)
-            row.update(lesion_f1=float(r["f1"]), lesion_precision=float(r["precision"]),
-                       lesion_recall=float(r["recall"]), pq=float(r["pq"]))
-        if "cldice" in metrics:
-            row["cldice"] = float(cldice_score(P, T, empty=empty))
-        if any(m.startswith("betti") for m in metrics):
-            e = betti_errors(P, T)
-            row.update(betti0=float(e[0]), betti1=float(e[1]), betti2=float(e[2]) if len(e) > 2 else math.nan)
-        out[c] = {m: row[m] for m in metrics}
-    return out
-
-
-def blank_family(metrics, *, empty: str = "one", ndim: int = 3) -> dict[str, float]:
-    """The family values of a label absent from both maps: the ``empty`` value for the scores, 0 for the Betti
-    errors (NaN for betti2 in 2D)."""
-    out = {}
-    for m in metrics:
-        if m.startswith("betti"):
-            out[m] = math.nan if m == "betti2" and ndim < 3 else 0.0
-        else:
-            out[m] = float(empty_fill(empty))
-    return out
-
-
 def _progress(total: int, enabled: bool):
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, unit="case", file=sys.stderr, disable=None, leave=False)
-        except ImportError:
-            pass
-
-    class _Silent:
-        def update(self, n=1):
-            pass
-
-        def write(self, text, file=None):
-            print(text, file=file or sys.stderr)
-
-        def close(self):
-            pass
-
-    return _Silent()
+    # a tqdm bar on a terminal; in a log (stderr not a terminal) a line every few seconds and a last one
+    return progress(total, desc="eval", unit="case", file=sys.stderr, enabled=enabled, leave=False)
 
 
 def _init_worker() -> None:
@@ -593,11 +508,14 @@ def write_csv(path: str, results: list[CaseResult], metrics: tuple[str, ...], de
                 w.writerow([r.name, c, *(repr(float(vals[m])) for m in metrics), "", *extra])
 
 
-def family_definitions(metrics) -> dict[str, str]:
-    """Definition per family asked for (keys cc_dice, lesion, cldice, betti), for the JSON, terminal and report."""
-    keys = {"cc_dice": "cc_dice", "cldice": "cldice", **dict.fromkeys(LESION_METRICS, "lesion"),
-            **dict.fromkeys(("betti0", "betti1", "betti2"), "betti")}
-    return {keys[m]: FAMILY_DEFINITIONS[keys[m]] for m in metrics if m in keys}
+def family_definitions(metrics, opts: dict | None = None) -> dict[str, str]:
+    """Definition per family asked for (keys cc_dice, lesion, cldice, betti), worded with eval's --connectivity
+    and --lesion-* options (default: their defaults), for the JSON, terminal and report."""
+    o = opts or {}
+    return families.family_definitions(
+        metrics, connectivity=o.get("connectivity", "full"), match=o.get("lesion_match", "iou"),
+        threshold=o.get("lesion_threshold", 0.5), strict=not o.get("lesion_inclusive", False),
+        empty_name="the --empty value")
 
 
 def _definitions(opts: dict) -> dict:
@@ -605,16 +523,17 @@ def _definitions(opts: dict) -> dict:
     and the terminal."""
     return {"surface": opts["surface"], "percentile": opts["percentile"],
             "name": surface.definition_name(opts["surface"], opts["percentile"]),
-            **family_definitions(opts["metrics"])}
+            **family_definitions(opts["metrics"], opts)}
 
 
 def write_json(path: str, results, summary, unmatched, opts, args) -> None:
     doc = {
         "pred": args.pred,
         "gt": args.gt,
+        # the --connectivity / --lesion-* options only when a family they apply to was asked for
         "options": {k: opts[k] for k in ("labels", "metrics", "spacing", "tolerance", "ignore_index",
                                          "include_background", "empty", "empty_distance", "surface",
-                                         "percentile")},
+                                         "percentile", *_FAMILY_OPTIONS) if k in opts},
         "definitions": _definitions(opts),
         "cases": [
             {"case": r.name, "pred": r.pred, "gt": r.gt, "shape": r.shape, "spacing": r.spacing,
@@ -654,6 +573,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--jobs: expected a number >= 1, got {args.jobs}")
         if opts["labels"] and opts["ignore_index"] in opts["labels"]:
             raise UsageError(f"--labels must not contain --ignore-index {opts['ignore_index']}")
+        opts.update(_family_options(args, opts["metrics"]))
         _check_output("--csv", args.csv)
         _check_output("--json", args.json)
         if args.csv and args.json and os.path.realpath(args.csv) == os.path.realpath(args.json):
@@ -665,7 +585,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"diceloss eval: error: {err}", file=sys.stderr)
         return 2
     opts["known_errors"] = known
-    opts["metric_definitions"] = family_definitions(opts["metrics"])
+    opts["metric_definitions"] = family_definitions(opts["metrics"], opts)
     if unmatched:
         print(f"{len(unmatched)} prediction(s) without ground truth, not scored: {', '.join(unmatched)}",
               file=sys.stderr)
@@ -677,7 +597,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"scored {n_ok} of {len(results)} case(s); labels {', '.join(map(str, labels)) or 'none'}")
     if any(m in surface.DISTANCE_METRICS for m in opts["metrics"]):
         print(f"surface distances: {_definitions(opts)['name']}")
-    for key, text in family_definitions(opts["metrics"]).items():
+    for key, text in family_definitions(opts["metrics"], opts).items():
         print(f"{key}: {text}")
     if summary:
         print(format_table(summary))
@@ -746,6 +666,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--percentile", choices=surface.PERCENTILES, default=None,
                    help="hd95 over the two directions: directed (each direction's, then the larger, as MONAI and "
                         "DeepMind; default) or pooled (one percentile of both, as medpy)")
+    p.add_argument("--connectivity", choices=families.CONNECTIVITIES, default=None,
+                   help="connectivity of the components of cc_dice, the lesion metrics and betti: full (voxels "
+                        "sharing a face, edge or corner touch: 8 in 2D, 26 in 3D; default) or face (4 / 6); the "
+                        "Betti numbers' background takes the dual one (4 / 6, or 8 / 26 for face)")
+    p.add_argument("--lesion-match", choices=families.MATCHES, default=None,
+                   help="lesion matching (one-to-one, greedy by IoU): iou (a pair matches when IoU > "
+                        "--lesion-threshold; default) or overlap (any overlap)")
+    p.add_argument("--lesion-threshold", type=float, default=None, metavar="IOU",
+                   help="IoU a lesion pair must exceed to match, in [0, 1) (default 0.5)")
+    p.add_argument("--lesion-inclusive", action="store_true",
+                   help="match at IoU >= --lesion-threshold (panoptica's comparison) instead of >")
     p.add_argument("--npz-key", help="array to read from .npz files holding several")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -36,6 +36,10 @@ _OPTION_TEXT = {
     "surface": "surface definition (voxel: boundary voxels, as MONAI; surfel: surface elements, as DeepMind)",
     "percentile": "HD95 percentile (directed: per direction, then the larger, as MONAI; pooled: as medpy)",
     "backend": "distance transform",
+    "connectivity": "components of cc_dice, lesion-wise and Betti metrics (full: 8 / 26 neighbours; face: 4 / 6)",
+    "lesion_match": "lesion matching rule (iou: intersection over union; overlap: any shared voxel)",
+    "lesion_threshold": "IoU a predicted and a reference lesion must exceed to match (one-to-one)",
+    "lesion_inclusive": "match at IoU >= the threshold instead of >",
 }
 _SKIP_OPTIONS = {"known_errors", "npz_key", "metric_definitions"}
 

@@ -8,7 +8,7 @@
 
 Swapping the import keeps the numbers (to float rounding) and runs the sums on the fastest diceloss
 backend (``backend="auto"``), without the one-hot target and the full-size temporaries of the originals.
-The differences that remain are listed in each module's docstring and in the README.
+The differences that remain are listed in each module's docstring and in docs/compat.md.
 
 Example:
     >>> import torch

@@ -856,4 +856,340 @@ class DiceFocalLoss(_MonaiLoss):
         return self.lambda_dice * dice + self.lambda_focal * focal
 
 
-__all__ = ["DiceLoss", "GeneralizedDiceLoss", "TverskyLoss", "DiceCELoss", "DiceFocalLoss", "ShapeMismatchError"]
+class HausdorffDTLoss(nn.Module):
+    r"""MONAI's ``HausdorffDTLoss`` (1.6), per (sample, class kept)::
+
+        f = mean_n (p_n - g_n)^2 (d_P(n)^alpha + d_G(n)^alpha)
+
+    d_X = the distance transform of X's foreground plus that of its background (the distance to the nearest
+    position of the other label), X_P = [p > 0.5], X_G = [g > 0.5], on an isotropic unit grid, rounded to
+    float32 as MONAI does; a mask that is empty or full has the field 0 (so a structure the prediction misses
+    entirely costs only ``(p - g)^2 d_G^alpha``). ``batch=True`` takes the mean over the batch and the positions
+    per class; ``reduction="none"`` returns (B, K, 1, ...) ((1, K, 1, ...) with ``batch``). The fields come from
+    diceloss's exact transform on the input's device (MONAI: SciPy, or cuCIM on CUDA).
+
+    Differences: any number of spatial dimensions is accepted (MONAI: 2D and 3D only); bad input raises
+    ``ValueError`` / ``TypeError``, a shape mismatch :class:`ShapeMismatchError`. For the loss with voxel
+    spacing, masks, ``ignore_index`` and a field for a missed structure, use :class:`diceloss.HausdorffDTLoss`.
+
+    Example:
+        >>> loss = HausdorffDTLoss(softmax=True, to_onehot_y=True)
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> t = torch.randint(0, 3, (2, 1, 8, 8))
+        >>> loss(x, t).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        include_background: bool = False,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        reduction: str = "mean",
+        batch: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_activation(sigmoid, softmax, other_act)
+        if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
+            raise TypeError(f"alpha must be a finite number, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.include_background = include_background
+        self.to_onehot_y = to_onehot_y
+        self.sigmoid = sigmoid
+        self.softmax = softmax
+        self.other_act = other_act
+        self.reduction = _reduction_value(reduction)
+        self.batch = batch
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        from .._layout import Prepared
+        from ..hausdorff import _fields_and_loss
+
+        input = check_tensor("input", input)
+        target = check_tensor("target", target)
+        check_float_input(input, 3, "(B, C, *spatial) with at least one spatial dimension")
+        if target.device != input.device:
+            raise ValueError(f"input and target must be on one device, got {input.device} and {target.device}")
+        B, C = input.shape[:2]
+        spatial = tuple(input.shape[2:])
+        x, activation = input, "none"
+        if self.sigmoid:
+            activation = "sigmoid"
+        if self.softmax:
+            if C == 1:
+                _warn_single("softmax=True")
+            else:
+                activation = "softmax"
+        if self.other_act is not None:
+            x = self.other_act(input)
+        if self.to_onehot_y:
+            if C == 1:
+                _warn_single("to_onehot_y=True")
+            else:
+                if target.ndim != input.ndim or target.shape[1] != 1 or tuple(target.shape[2:]) != spatial:
+                    raise ValueError(f"to_onehot_y=True expects class indices of shape (B, 1, *spatial) = "
+                                     f"{(B, 1, *spatial)}, got {tuple(target.shape)}")
+                t = index_target(target.reshape(B, -1), C, None)
+                target = F.one_hot(t, C).movedim(-1, 1).to(torch.float32).reshape(B, C, *spatial)
+        kept = None
+        if not self.include_background:
+            if C == 1:
+                _warn_single("include_background=False")
+            else:
+                kept = tuple(range(1, C))
+        if tuple(target.shape) != tuple(input.shape):
+            raise ShapeMismatchError(
+                f"ground truth has different shape {tuple(target.shape)} from input {tuple(input.shape)}; "
+                "class indices (B, 1, *spatial) need to_onehot_y=True"
+            )
+        prep = Prepared(
+            logits=x.reshape(B, C, -1),
+            target=dense(target, input.dtype).reshape(B, C, -1),
+            target_is_index=False,
+            mask=None,
+            ignore_index=None,
+            activation=activation,
+            num_classes=C,
+            mode="multilabel",
+            kept_classes=kept,
+            spatial_shape=spatial,
+        )
+        f = _fields_and_loss(prep, self.alpha, None, "zero", None, field_dtype=torch.float32)  # (B, K)
+        if self.batch:
+            f = f.mean(dim=0, keepdim=True)
+        if self.reduction == "mean":
+            return f.mean()
+        if self.reduction == "sum":
+            return f.sum()
+        return f.view(*f.shape, *_spatial_ones(input))
+
+
+class SoftclDiceLoss(nn.Module):
+    r"""MONAI's ``SoftclDiceLoss`` (1.6), one value per sample::
+
+        tprec = (sum S(p) g + smooth_nr) / (sum S(p) + smooth_dr)
+        tsens = (sum S(g) p + smooth_nr) / (sum S(g) + smooth_dr)
+        f = 1 - 2 tprec tsens / (tprec + tsens + smooth)
+
+    with the sums over the classes kept *and* the positions of a sample (the classes pooled into one ratio: a
+    class with a long skeleton outweighs a thin one), S the authors' soft skeleton with ``iter_`` rounds (here
+    :func:`diceloss.cldice.soft_skeleton`, whose backward recomputes the rounds instead of storing them: the same
+    values and, away from ties in the pooling, the same gradients in a fraction of the memory). ``smooth`` keeps a
+    perfect prediction at about ``smooth / 4`` (5e-5 by default), not 0. ``reduction="none"`` returns (B,).
+    ``forward(input, target)``: ``input`` first, as MONAI >= 1.5 (1.4 and older took ``(y_true, y_pred)``,
+    dropped channel 0 always, and pooled the batch too, so a single-channel input scored exactly 0).
+
+    Differences: bad input raises ``ValueError`` / ``TypeError`` (an out-of-range label for ``to_onehot_y``, a
+    tensor without 2 or 3 spatial dimensions, where MONAI's pooling fails or returns None); a shape mismatch
+    :class:`ShapeMismatchError`. For clDice per (sample, class) with masks, ``ignore_index``, batch statistics and
+    a precomputed target skeleton, use :class:`diceloss.ClDiceLoss`.
+
+    Example:
+        >>> loss = SoftclDiceLoss(softmax=True, to_onehot_y=True, include_background=False)
+        >>> x = torch.randn(2, 3, 16, 16)
+        >>> t = torch.randint(0, 3, (2, 1, 16, 16))
+        >>> loss(x, t).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        iter_: int = 3,
+        smooth_nr: float = 1.0,
+        smooth_dr: float = 1.0,
+        smooth: float = 1e-4,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        _check_activation(sigmoid, softmax, other_act)
+        if isinstance(iter_, bool) or not isinstance(iter_, numbers.Integral):
+            raise TypeError(f"iter_ must be an integer but got {type(iter_).__name__}.")
+        if iter_ < 0:
+            raise ValueError(f"iter_ must be a non-negative integer but got {iter_}.")
+        smooth_nr, smooth_dr = _check_smoothing(smooth_nr, smooth_dr)
+        if isinstance(smooth, (bool, np.bool_)) or not isinstance(smooth, numbers.Real):
+            raise TypeError(f"smooth must be a number, got {type(smooth).__name__}")
+        if not smooth > 0:
+            raise ValueError(f"smooth must be a positive value but got {smooth}.")
+        self.iter = int(iter_)
+        self.smooth_nr, self.smooth_dr, self.smooth = smooth_nr, smooth_dr, float(smooth)
+        self.include_background = include_background
+        self.to_onehot_y = to_onehot_y
+        self.sigmoid = sigmoid
+        self.softmax = softmax
+        self.other_act = other_act
+        self.reduction = _reduction_value(reduction)
+
+    def _prepared(self, input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """MONAI's input handling: the activation, ``to_onehot_y``, the background; (p, g) of one shape."""
+        input = check_tensor("input", input)
+        target = check_tensor("target", target)
+        check_float_input(input, 4, "(B, C, H, W) or (B, C, D, H, W)")
+        if input.ndim > 5:
+            raise ValueError(f"input must have shape (B, C, H, W) or (B, C, D, H, W), got {tuple(input.shape)}")
+        if target.device != input.device:
+            raise ValueError(f"input and target must be on one device, got {input.device} and {target.device}")
+        C = input.shape[1]
+        p = input
+        if self.sigmoid:
+            p = torch.sigmoid(p)
+        if self.softmax:
+            if C == 1:
+                _warn_single("softmax=True")
+            else:
+                p = torch.softmax(p, dim=1)
+        if self.other_act is not None:
+            p = self.other_act(p)
+        if self.to_onehot_y:
+            if C == 1:
+                _warn_single("to_onehot_y=True")
+            else:
+                target = _one_hot(target, input)
+        if not self.include_background:
+            if C == 1:
+                _warn_single("include_background=False")
+            else:
+                p, target = p[:, 1:], target[:, 1:]
+        if tuple(target.shape) != tuple(p.shape):
+            raise ShapeMismatchError(
+                f"ground truth has different shape {tuple(target.shape)} from input {tuple(p.shape)}; "
+                "class indices (B, 1, *spatial) need to_onehot_y=True"
+            )
+        return p, dense(target, input.dtype)
+
+    def _per_sample(self, p: Tensor, g: Tensor) -> Tensor:
+        from ..cldice import _skeleton_values, soft_skeleton
+
+        skel_p = soft_skeleton(p.contiguous(), self.iter)
+        with torch.no_grad():
+            skel_g = _skeleton_values(g.detach(), self.iter)
+        dims = list(range(1, p.ndim))
+        tprec = ((skel_p * g).sum(dims) + self.smooth_nr) / (skel_p.sum(dims) + self.smooth_dr)
+        tsens = ((skel_g * p).sum(dims) + self.smooth_nr) / (skel_g.sum(dims) + self.smooth_dr)
+        return 1.0 - 2.0 * (tprec * tsens) / (tprec + tsens + self.smooth)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        f = self._per_sample(*self._prepared(input, target))
+        if self.reduction == "mean":
+            return f.mean()
+        if self.reduction == "sum":
+            return f.sum()
+        return f
+
+
+def _one_hot(target: Tensor, input: Tensor) -> Tensor:
+    """MONAI's ``one_hot`` of class indices (B, 1, *spatial): float32 (B, C, *spatial)."""
+    B, C = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    if target.ndim != input.ndim or target.shape[0] != B or target.shape[1] != 1 or tuple(target.shape[2:]) != spatial:
+        raise ValueError(
+            f"to_onehot_y=True expects class indices of shape (B, 1, *spatial) = {(B, 1, *spatial)}, got "
+            f"{tuple(target.shape)}"
+        )
+    t = index_target(target.reshape(B, -1), C, None)
+    return F.one_hot(t, C).movedim(-1, 1).to(torch.float32).reshape(B, C, *spatial)
+
+
+class SoftDiceclDiceLoss(nn.Module):
+    r"""MONAI's ``SoftDiceclDiceLoss`` (1.6): ``(1 - alpha) DiceLoss + alpha SoftclDiceLoss``.
+
+    The Dice term is :class:`DiceLoss` (per (sample, class), MONAI's arguments), the clDice term
+    :class:`SoftclDiceLoss` (per sample, classes pooled), with the same ``include_background``, activation,
+    ``smooth_nr`` / ``smooth_dr`` (1 by default, for both) and ``reduction``; ``to_onehot_y`` is applied once,
+    before both. With ``reduction="none"`` MONAI adds a (B, C, 1, ...) Dice to a (B,) clDice, and PyTorch
+    broadcasts them into (B, C, 1, ..., B); the same here. ``backend`` (keyword-only) is the Dice term's.
+
+    Example:
+        >>> loss = SoftDiceclDiceLoss(softmax=True, to_onehot_y=True, alpha=0.3)
+        >>> x = torch.randn(2, 3, 16, 16, requires_grad=True)
+        >>> t = torch.randint(0, 3, (2, 1, 16, 16))
+        >>> loss(x, t).backward()
+    """
+
+    def __init__(
+        self,
+        iter_: int = 3,
+        alpha: float = 0.5,
+        smooth_nr: float = 1.0,
+        smooth_dr: float = 1.0,
+        smooth: float = 1e-4,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        reduction: str = "mean",
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
+            raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] but got {alpha}.")
+        self.dice = DiceLoss(
+            include_background=include_background,
+            to_onehot_y=False,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            reduction=reduction,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            backend=backend,
+        )
+        self.cldice = SoftclDiceLoss(
+            iter_=iter_,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            smooth=smooth,
+            include_background=include_background,
+            to_onehot_y=False,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            other_act=other_act,
+            reduction=reduction,
+        )
+        self.alpha = float(alpha)
+        self.to_onehot_y = to_onehot_y
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        input = check_tensor("input", input)
+        target = check_tensor("target", target)
+        if input.dim() != target.dim():
+            raise ValueError(
+                "the number of dimensions for input and target should be the same, got shape "
+                f"{tuple(input.shape)} and {tuple(target.shape)}."
+            )
+        if target.shape[1] != 1 and target.shape[1] != input.shape[1]:
+            raise ValueError(
+                "number of channels for target is neither 1 nor the same as input, got shape "
+                f"{tuple(input.shape)} and {tuple(target.shape)}."
+            )
+        if self.to_onehot_y:
+            if input.shape[1] == 1:
+                _warn_single("to_onehot_y=True")
+            else:
+                target = _one_hot(target, input)
+        return (1.0 - self.alpha) * self.dice(input, target) + self.alpha * self.cldice(input, target)
+
+
+__all__ = [
+    "DiceLoss",
+    "GeneralizedDiceLoss",
+    "TverskyLoss",
+    "DiceCELoss",
+    "DiceFocalLoss",
+    "HausdorffDTLoss",
+    "SoftclDiceLoss",
+    "SoftDiceclDiceLoss",
+    "ShapeMismatchError",
+]

@@ -56,6 +56,19 @@ def _skip_first_build(log) -> bool:
     return False
 
 
+def _can_draw(log) -> bool:
+    """Whether matplotlib imports. If not, one line says how to get the figure: the demo runs on without it
+    (the figure is the last step; training first and failing to draw at the end would waste the run)."""
+    try:
+        import matplotlib  # noqa: F401
+    except Exception as err:  # not installed, or installed but broken (an ABI mismatch, a bad backend)
+        why = "is not installed" if isinstance(err, ImportError) else f"does not import ({type(err).__name__}: {err})"
+        log(f"note: the figure demo.png needs matplotlib, which {why}: pip install 'diceloss[demo]' "
+            "(or --no-figure); the demo runs without it")
+        return False
+    return True
+
+
 def run_demo(cfg: DemoConfig, log=print) -> dict:
     """Train one U-Net per loss of ``cfg.losses``; print the table; write figure, table, JSON to ``cfg.out``.
 
@@ -73,6 +86,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     )
     try:
         device = pick_device(cfg.device, world)
+        figure = bool(cfg.figure and cfg.out) and world.is_main and _can_draw(log)
         if world.size > cfg.batch_size:
             raise ValueError(
                 f"{world.size} processes need a global batch of at least {world.size}, got {cfg.batch_size}"
@@ -140,17 +154,20 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
                 write_json(out / "results.json", results, json.loads(json.dumps(meta, default=repr)))
                 (out / "table.txt").write_text(table + "\n" + (check + "\n" if check else ""))
                 files = [out / "results.json", out / "table.txt"]
-                if cfg.figure:
-                    save_figure(
-                        out / "demo.png",
-                        results,
-                        predictions,
-                        data.val_images[show],
-                        data.val_labels[show],
-                        data.class_names,
-                        tiny,
-                    )
-                    files.append(out / "demo.png")
+                if figure:
+                    try:
+                        save_figure(
+                            out / "demo.png",
+                            results,
+                            predictions,
+                            data.val_images[show],
+                            data.val_labels[show],
+                            data.class_names,
+                            tiny,
+                        )
+                        files.append(out / "demo.png")
+                    except Exception as err:  # never lose a finished run to the figure: table and JSON are written
+                        log(f"note: could not draw {out / 'demo.png'} ({type(err).__name__}: {err})")
                 log("wrote " + ", ".join(str(f) for f in files))
         return summary
     finally:

@@ -20,6 +20,7 @@ the ranks.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import sys
@@ -33,10 +34,53 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import losses as _losses
+from ..blob import BlobLoss
+from ..boundary import BoundaryLoss
+from ..calibration_loss import CalibrationLoss
+from ..cldice import DiceClDiceLoss
+from ..cli.progress import progress
 from ..distributed import all_reduce_sum
+from ..hausdorff import DiceHausdorffDTLoss
+from ..lovasz import LovaszLoss
 from ..metrics import DiceMetric, dice_score
+from ..skeleton_recall import DiceCESkeletonRecallLoss
+from ..unified_focal import UnifiedFocalLoss
+from ..wasserstein import GeneralizedWassersteinDiceLoss
 from .data import SegmentationSet
 from .model import UNet
+
+
+class _WithRegion(nn.Module):
+    """A region loss plus ``weight`` x a term that is not trained alone (the boundary and calibration losses):
+    the options the two share go to both, the others to the one that takes them."""
+
+    shared = ("mode", "from_logits", "include_background", "ignore_index", "batch_dice", "backend", "distributed")
+
+    def __init__(self, region: type, term: type, weight: float, **options) -> None:
+        super().__init__()
+        term_only = set(inspect.signature(term).parameters) - set(inspect.signature(region).parameters)
+        self.region = region(**{k: v for k, v in options.items() if k not in term_only})
+        self.term = term(**{k: v for k, v in options.items() if k in term_only or k in self.shared})
+        self.weight = float(weight)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return self.region(input, target) + self.weight * self.term(input, target)
+
+
+class GDLBoundary(_WithRegion):
+    """Generalized Dice + 0.01 x boundary loss: the authors' first-epoch weights (they move 0.01 per epoch onto the
+    boundary term; docs/losses/boundary.md); the distance maps are computed from the target every step."""
+
+    def __init__(self, lambda_boundary: float = 0.01, **options) -> None:
+        super().__init__(_losses.GeneralizedDiceLoss, BoundaryLoss, lambda_boundary, **options)
+
+
+class DiceCECalibration(_WithRegion):
+    """Dice + CE + 0.3 x the L1 calibration loss (MONAI's tutorial weights; the authors use 1 : 1 : 1)."""
+
+    def __init__(self, lambda_calibration: float = 0.3, **options) -> None:
+        super().__init__(_losses.DiceCELoss, CalibrationLoss, lambda_calibration, **options)
+
 
 # name -> (display name, class or None for the cross-entropy baseline)
 LOSSES: dict[str, tuple[str, type | None]] = {
@@ -47,6 +91,22 @@ LOSSES: dict[str, tuple[str, type | None]] = {
     "dicefocal": ("DiceFocalLoss", _losses.DiceFocalLoss),
     "tversky": ("TverskyLoss", _losses.TverskyLoss),
     "jaccard": ("JaccardLoss", _losses.JaccardLoss),
+    # Dice + CE + a small Hausdorff distance-transform term: how HD-DT is trained (not alone)
+    "hausdorff": ("DiceHausdorffDTLoss", DiceHausdorffDTLoss),
+    # clDice is trained with a volume term: Dice + clDice (the authors' loss, 0.5 each)
+    "cldice": ("DiceClDiceLoss", DiceClDiceLoss),
+    # Dice + a Dice per connected component of the target (blobs computed on the CPU every step)
+    "blob": ("BlobLoss", BlobLoss),
+    "unified_focal": ("UnifiedFocalLoss", UnifiedFocalLoss),
+    # every pair of distinct classes at distance 1 unless --loss-opt dist_matrix=[[...]] says otherwise
+    "wasserstein": ("GeneralizedWassersteinDiceLoss", GeneralizedWassersteinDiceLoss),
+    # Lovász-softmax over the batch (per_image=False, classes="present": the authors' defaults)
+    "lovasz": ("LovaszLoss", LovaszLoss),
+    # Dice + CE + Skeleton Recall, the authors' 1 : 1 : 1 (tubed skeletons computed on the CPU every step)
+    "skeleton_recall": ("DiceCESkeletonRecallLoss", DiceCESkeletonRecallLoss),
+    # the boundary and calibration losses are trained beside a region loss, not alone
+    "boundary": ("GDL + 0.01 BoundaryLoss", GDLBoundary),
+    "calibration": ("DiceCE + 0.3 CalibrationLoss", DiceCECalibration),
 }
 ALIASES = {
     "cross_entropy": "ce",
@@ -55,11 +115,25 @@ ALIASES = {
     "generalized_dice": "gdl",
     "generalizeddiceloss": "gdl",
     "dice_ce": "dicece",
+    "dice_cldice": "cldice",
+    "dicecldice": "cldice",
+    "dicecldiceloss": "cldice",
     "diceceloss": "dicece",
     "dice_focal": "dicefocal",
     "dicefocalloss": "dicefocal",
     "tverskyloss": "tversky",
     "jaccardloss": "jaccard",
+    "hd": "hausdorff",
+    "hausdorff_dt": "hausdorff",
+    "dicehausdorffdtloss": "hausdorff",
+    "blobloss": "blob",
+    "unifiedfocal": "unified_focal",
+    "unifiedfocalloss": "unified_focal",
+    "gwdl": "wasserstein",
+    "generalized_wasserstein_dice": "wasserstein",
+    "generalizedwassersteindiceloss": "wasserstein",
+    "lovaszloss": "lovasz",
+    "lovasz_softmax": "lovasz",
 }
 DEFAULT_LOSSES = ("ce", "dice", "gdl", "dicece")
 # batch Dice: nnU-Net's choice for small structures, and what makes training on several processes exact
@@ -145,7 +219,10 @@ def build_loss(key: str, options: dict, *, distributed: bool) -> tuple[nn.Module
         if unknown:
             raise ValueError(f"CE takes the options {sorted(allowed)}; got {sorted(unknown)}")
         return CrossEntropy(**opts, distributed=distributed), opts
-    opts = {**DEFAULT_DICE_OPTIONS, **options}
+    # the batch Dice default goes to the losses that take batch_dice (LovaszLoss has per_image instead)
+    params = inspect.signature(cls).parameters.values()
+    takes_batch_dice = any(p.name == "batch_dice" or p.kind is p.VAR_KEYWORD for p in params)
+    opts = {**DEFAULT_DICE_OPTIONS, **options} if takes_batch_dice else dict(options)
     if distributed and opts.get("batch_dice"):
         opts["distributed"] = True
     try:
@@ -291,15 +368,8 @@ class RunResult:
 
 
 def _progress(steps: int, title: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the demo extra is not installed: plain prints
-        return None
-    return tqdm(
-        total=steps, desc=f"{title:>20}", unit="step", leave=True, dynamic_ncols=True, file=sys.stderr
-    )
+    # a tqdm bar on a terminal; redirected (a CI log, a batch job) or without tqdm, a line every few seconds
+    return progress(steps, desc=f"{title:>20}", unit="step", file=sys.stderr, enabled=enabled)
 
 
 def train_one(
@@ -372,21 +442,16 @@ def train_one(
         running = value if running is None else 0.95 * running + 0.05 * value
         inner = loss_fn.loss if cfg.deep_supervision else loss_fn
         comps = {k: float(v) for k, v in getattr(inner, "components", {}).items()}
-        if bar is not None:
-            bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in comps.items()})
-            bar.update(1)
-        elif cfg.progress and world.is_main and (step + 1) % max(1, cfg.steps // 10) == 0:
-            log(f"{title}: step {step + 1}/{cfg.steps} loss {running:.4f}")
+        bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in comps.items()})
+        bar.update(1)
         if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
             mean, _ = evaluate(
                 model, data.val_images, data.val_labels, data.num_classes, world, device, autocast
             )
             val_steps.append(step + 1)
             val_dice.append(mean.tolist())
-            if bar is not None:
-                bar.set_description(f"{title:>20} (val Dice {_fmt(mean[1:].nanmean())})")
-    if bar is not None:
-        bar.close()
+            bar.set_description(f"{title:>20} (val Dice {_fmt(mean[1:].nanmean())})")
+    bar.close()
     mean, std = evaluate(model, data.val_images, data.val_labels, data.num_classes, world, device, autocast)
     seconds = time.perf_counter() - start_time
     shown = {k: v for k, v in opts.items() if k not in ("distributed",)}

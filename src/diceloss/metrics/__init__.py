@@ -7,6 +7,10 @@ Two families, one vocabulary:
 * :mod:`diceloss.metrics.surface`: :func:`segmentation_metrics`, :func:`hausdorff_distance`,
   :func:`average_surface_distance`, :func:`surface_dice`, on one case (a label map per file) as an
   evaluation holds it, NumPy or torch.
+* per component, lesion-wise and topological, on one case: :func:`component_metrics`, :func:`lesion_metrics`,
+  :func:`cldice_score`, :func:`betti_errors`, and :func:`family_metrics` (:mod:`diceloss.metrics.families`),
+  all of them per label in one pass, as ``diceloss eval`` gives them; :func:`calibration_error` of
+  probabilities.
 
 **Empty classes.** A class (label) absent from both the prediction and the reference has no defined
 overlap score. Every metric that scores one takes ``empty``, one of :data:`EMPTY_POLICIES`: "nan"
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 from .calibration import CalibrationErrorMetric, calibration_bin_sums, calibration_error
 from .components import component_metrics, connected_components, lesion_metrics, voronoi_cells
+from .families import family_metrics
 from .overlap import EMPTY_POLICIES, DiceMetric, dice_score, hard_counts, iou_score
 from .surface import (
     average_surface_distance,
@@ -76,6 +81,7 @@ __all__ = [
     "voronoi_cells",
     "component_metrics",
     "lesion_metrics",
+    "family_metrics",
 ]
 
 _TORCHMETRICS_CLASSES = ("DiceTorchMetric", "IoUTorchMetric", "CalibrationErrorTorchMetric")

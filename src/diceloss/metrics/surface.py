@@ -300,6 +300,57 @@ def _bbox_numpy(arr: np.ndarray, label: int) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+@dataclass(frozen=True)
+class LabelBoxes:
+    """The bounding box of every label of a prediction and a reference label map, one pass per map.
+
+    ``pred`` and ``target`` are ``scipy.ndimage.find_objects`` of each map: entry c - 1 is the box of label
+    c (None where the map has no c). Made by :func:`label_boxes`; every metric of a case that works label by
+    label inside boxes (:func:`segmentation_metrics`, :func:`diceloss.metrics.families.family_metrics`) can
+    take the one made for the case instead of two passes of its own (``diceloss eval`` shares it).
+    """
+
+    shape: tuple[int, ...]
+    pred: list
+    target: list
+
+    def union(self, label: int, margin: int = 0) -> tuple[slice, ...] | None:
+        """The box of ``label`` in either map, ``margin`` voxels wider on each side (clipped to the image);
+        None when neither map holds it (label 0 is not boxed: None)."""
+        boxes = [b[label - 1] for b in (self.pred, self.target) if 0 < label <= len(b) and b[label - 1] is not None]
+        if not boxes:
+            return None
+        return tuple(slice(max(min(b[i].start for b in boxes) - margin, 0),
+                           min(max(b[i].stop for b in boxes) + margin, n)) for i, n in enumerate(self.shape))
+
+
+def label_boxes(pred: np.ndarray | Tensor, target: np.ndarray | Tensor) -> LabelBoxes | None:
+    """:class:`LabelBoxes` of two label maps of one shape (one ``find_objects`` pass each), or None when they
+    are not maps of non-negative integers up to 65536 (a bool mask counts as labels 0 and 1), or SciPy is
+    missing: the metrics then find each label's box on their own."""
+    p = _as_label_array(pred, "pred")
+    t = _as_label_array(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target must have one shape, got {tuple(p.shape)} and {tuple(t.shape)}")
+    p, t = (a.view(np.uint8) if a.dtype == bool else a for a in (p, t))
+    if not _direct(p, t):
+        return None
+    try:
+        from scipy.ndimage import find_objects
+    except ImportError:
+        return None
+    return LabelBoxes(tuple(p.shape), find_objects(p), find_objects(t))
+
+
+def _direct(p: np.ndarray, t: np.ndarray) -> bool:
+    """Both maps hold non-negative integers up to ``_MAX_DIRECT_LABEL``: counted with bincount, boxed with
+    find_objects."""
+    return p.size > 0 and all(
+        np.issubdtype(a.dtype, np.integer) and int(a.min()) >= 0 and int(a.max()) <= _MAX_DIRECT_LABEL
+        for a in (p, t)
+    )
+
+
 @dataclass
 class LabelSurface:
     """What every metric of one label is computed from: voxel counts and the two surface-distance sets.
@@ -346,6 +397,7 @@ def label_surfaces(
     distances: bool = True,
     backend: str = "auto",
     surface: str = "voxel",
+    boxes: LabelBoxes | None = None,
 ) -> list[LabelSurface]:
     """Counts and surface distances per label, in one pass over the volume plus one box per label.
 
@@ -358,6 +410,8 @@ def label_surfaces(
         distances: compute the surface-distance sets (else only the counts).
         backend: "auto" (SciPy when installed, else torch), "scipy" or "torch".
         surface: "voxel" (boundary voxels, MONAI) or "surfel" (area-weighted surface elements, DeepMind).
+        boxes: :func:`label_boxes` of ``pred`` and ``target``, made once for a case that several metric
+            functions score (else this pass makes its own).
     """
     check_choice("surface", surface, SURFACES)
     p = _as_label_array(pred, "pred")
@@ -375,6 +429,9 @@ def label_surfaces(
         p = p.view(np.uint8)
     if t.dtype == bool:
         t = t.view(np.uint8)
+    if boxes is not None and tuple(boxes.shape) != tuple(p.shape):
+        raise ValueError(f"boxes must be label_boxes of these maps, of shape {tuple(p.shape)}; "
+                         f"got boxes of shape {tuple(boxes.shape)}")
     if ignore_index is not None:
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
             raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
@@ -383,18 +440,16 @@ def label_surfaces(
             # ignored positions get the ignore value in the prediction too: no evaluated label is there
             dtype = np.result_type(p.dtype, np.min_scalar_type(ignore_index))
             p = np.where(invalid, dtype.type(ignore_index), p.astype(dtype, copy=False))
-    direct = p.size > 0 and all(
-        np.issubdtype(a.dtype, np.integer) and int(a.min()) >= 0 and int(a.max()) <= _MAX_DIRECT_LABEL
-        for a in (p, t)
-    )
+            boxes = None  # those of the map as given: this one has fewer voxels per label
+    direct = _direct(p, t)
     kind = _resolve_backend(backend) if distances else None
     boxes_p = boxes_t = None
     if kind == "scipy" and direct:
         # the bounding box of every label in one pass per map (find_objects: entry i is label i + 1);
         # every voxel of a label lies in its box, so the counts come from the boxes too
-        from scipy.ndimage import find_objects
-
-        boxes_p, boxes_t = find_objects(p), find_objects(t)
+        if boxes is None:
+            boxes = label_boxes(p, t)
+        boxes_p, boxes_t = boxes.pred, boxes.target
         present = {i + 1 for boxes in (boxes_p, boxes_t) for i, b in enumerate(boxes) if b is not None}
         if (labels is None and include_background) and (not (p != 0).all() or not (t != 0).all()):
             present.add(0)
@@ -581,6 +636,7 @@ def segmentation_metrics(
     backend: str = "auto",
     surface: str = "voxel",
     percentile: str = "directed",
+    boxes: LabelBoxes | None = None,
 ) -> dict[int, dict[str, float]]:
     """All asked metrics of one case, per label, from one pass (see the module docstring for formulas).
 
@@ -601,6 +657,8 @@ def segmentation_metrics(
             their area, DeepMind surface-distance's; 2D and 3D).
         percentile: how hd95 treats the two directions: "directed" (each direction's percentile, then the
             larger: MONAI, DeepMind; the default) or "pooled" (one percentile of both together: medpy).
+        boxes: :func:`label_boxes` of ``pred`` and ``target`` when other per-label metrics of the case take
+            them too (one pass over each map for all); the values do not depend on it.
 
     Returns:
         ``{label: {metric: value}}`` with Python floats.
@@ -623,7 +681,7 @@ def segmentation_metrics(
     need = any(m in DISTANCE_METRICS for m in metrics)
     rows = label_surfaces(pred, target, labels, spacing=spacing, ignore_index=ignore_index,
                           include_background=include_background, distances=need, backend=backend,
-                          surface=surface)
+                          surface=surface, boxes=boxes)
     shape = tuple(pred.shape)
     vv, diag = _geometry(shape, _check_spacing(spacing, len(shape)))
     opts = dict(voxel_volume=vv, diagonal=diag, tolerance=tol, percentile=None, empty=empty,

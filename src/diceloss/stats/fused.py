@@ -4,16 +4,19 @@ Forward keeps references to the logits, the target and the mask only and returns
 class) sums; backward recomputes the probabilities and writes dL/dx directly. The only full-size
 tensor it allocates is dL/dx. This module is the policy; two implementations sit behind it:
 
-* the compiled C++ kernel (:mod:`diceloss.stats.cpu`): one pass for the statistics, one for the
-  gradient, vectorised exp, all cores; it covers softmax with class-index or dense targets and sigmoid
-  with dense targets, with ``ignore_index``, masks, ``squared`` and the cross-entropy (with label
-  smoothing), for float32, float64, float16 and bfloat16 input on the CPU (a class index out of range,
-  possible only when value checks are off, counts as an ignored position there);
+* the compiled C++ kernel (:mod:`diceloss.stats.cpu`, prebuilt with the package, one instruction-set level
+  picked at load): one pass for the statistics, one for the gradient, vectorised exp, all cores; it covers
+  softmax with class-index or dense targets and sigmoid with dense targets, with ``ignore_index``, masks,
+  ``squared`` and the cross-entropy (with label smoothing), for float32, float64, float16 and bfloat16 input
+  on the CPU (a class index out of range, possible only when value checks are off, counts as an ignored
+  position there);
 * the pure-PyTorch chunked path (:mod:`diceloss.stats.chunked`): everything else (probability input,
   ``soft_label``, the focal term, CUDA tensors) and every call when the kernel is off
-  (``DICELOSS_NO_CPP=1``) or could not be built.
+  (``DICELOSS_NO_CPP=1``) or unavailable (no prebuilt library and no compiler).
 
-Which one runs is decided once per call (:func:`choose`) and carried to the backward. Both are
+Which one runs is decided once per call (:func:`choose`) and carried to the backward. The prebuilt kernel is
+loaded when this module is imported, so that ``torch.compile`` finds it loaded when it first traces a call;
+while dynamo traces, the choice reads only what is loaded (loading takes a lock and may compile). Both are
 registered as ``torch.ops.diceloss.fused_stats`` (and ``fused_stats_backward``) through
 :mod:`diceloss.stats.op`, so ``torch.compile(fullgraph=True)`` sees one opaque op (the op decides inside).
 Double backward is not supported: it raises and names ``backend="reference"``.
@@ -126,6 +129,9 @@ def _chunked_forward(x: Tensor, target: Tensor, mask: Tensor | None, o: OpOption
 
 CHUNKED = StatsImpl(_chunked_forward, chunked.backward, DOUBLE_BACKWARD_MESSAGE)
 _kernel_impl: _Kernel | None = None
+# The prebuilt kernel, if there is one, is loaded now (milliseconds, never a compile): the first call is then fast,
+# and torch.compile finds it loaded when it traces the first call
+cpu.preload()
 
 
 def kernel_covers(activation: str, soft_label: bool, squared: bool, focal_gamma: float | None,
@@ -142,7 +148,9 @@ def kernel_covers(activation: str, soft_label: bool, squared: bool, focal_gamma:
 def _choose(x: Tensor, activation: str, soft_label: bool, squared: bool, focal_gamma: float | None):
     global _kernel_impl
     if kernel_covers(activation, soft_label, squared, focal_gamma, x.device):
-        module = cpu.load()
+        # while torch.compile traces, only what is loaded already counts (loading takes a lock and may compile,
+        # which dynamo cannot trace); the op decides again when it runs
+        module = cpu.loaded() if is_compiling() else cpu.load()
         if module is not None:
             if _kernel_impl is None or _kernel_impl.module is not module:
                 _kernel_impl = _Kernel(module)

@@ -24,6 +24,26 @@ STAT_COLUMNS = ("I", "P", "G", "M", "E", "F")
 NUM_STATS = len(STAT_COLUMNS)
 COL_I, COL_P, COL_G, COL_M, COL_E, COL_F = range(NUM_STATS)
 
+# Column group of the map kinds (stats/maps.py: a second label map, gathered, or a dense weighted map w), per
+# (sample, class): sum m p w, sum m w, sum m.
+MAP_COLUMNS = ("PW", "W", "M")
+COL_MAP_PW, COL_MAP_W, COL_MAP_M = range(len(MAP_COLUMNS))
+# Column group of the bins kind (stats/bins.py), per (sample, class, bin k) with w_k(p) the share of p in bin k
+# (hard: 0 or 1; soft: linear between the two nearest bin centres): sum m w_k p, sum m w_k g, sum m w_k.
+BIN_COLUMNS = ("SP", "SG", "N")
+COL_BIN_P, COL_BIN_G, COL_BIN_N = range(len(BIN_COLUMNS))
+# Column group of the asymmetric focal kind (stats/focal_asym.py), per (sample, class): I, P, G, M and the
+# asymmetric focal sum A of the unified focal loss.
+FOCAL_ASYM_COLUMNS = ("I", "P", "G", "M", "A")
+COL_FA_I, COL_FA_P, COL_FA_G, COL_FA_M, COL_FA_A = range(len(FOCAL_ASYM_COLUMNS))
+# Column group of the region-id kind (stats/regions.py): I, P, G, M per (sample, class), and per (sample, blob
+# key) the prediction mass S and the size n of the blob.
+REGION_COLUMNS = ("I", "P", "G", "M")
+REGION_KEY_COLUMNS = ("S", "n")
+# Column group of the class-pair kind (stats/pairs.py), per (sample, target class k): the Wasserstein mass
+# V = sum_{t = k} sum_c M[k, c] p_c and the count N.
+PAIR_COLUMNS = ("V", "N")
+
 # Activation codes of the kernels.
 ACT_SOFTMAX, ACT_SIGMOID, ACT_NONE = 0, 1, 2
 ACTIVATIONS = {"softmax": ACT_SOFTMAX, "sigmoid": ACT_SIGMOID, "none": ACT_NONE}

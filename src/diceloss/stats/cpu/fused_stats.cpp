@@ -1,34 +1,180 @@
 // Fused Dice-family statistics on the CPU: one pass for the statistics, one for the gradient.
 //
 // Layout (see DESIGN.md, "The fused backward"): x is (B, C, N) contiguous logits; the target is
-// (B, N) int64 class indices or (B, C, N) dense probabilities in x's dtype; mask is (B, N) bool or
-// undefined. The statistics come back as (B, C, 6) in the accumulation dtype, columns
-// [I, P, G, M, E, F] (F, the focal term, is not computed here and stays 0).
+// (B, N) int64 class indices or (B, C, N) dense probabilities in x's dtype (or float32 with float16 /
+// bfloat16 logits); mask is (B, N) bool or absent. The statistics come back as (B, C, 6) in the
+// accumulation dtype, columns [I, P, G, M, E, F] (F, the focal term, is not computed here and stays 0).
 //
 // Work is split into tasks of a fixed number of positions (independent of the thread count); each
 // task writes its own partial sums and the partials are reduced in task order, so results are
 // bitwise reproducible whatever the number of threads. Inside a task, positions go through tiles of
 // TILE positions staged in small buffers (converted to float for half/bfloat16), so exp and log are
-// vectorised (at::vec::Vectorized, SLEEF) along the positions.
+// vectorised along the positions.
+//
+// This file is compiled once per instruction-set level (setup.py; benchmarks/README.md, "Instruction-set
+// levels"): DICELOSS_ISA_AVX512 (-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma), DICELOSS_ISA_AVX2
+// (-mavx2 -mfma), DICELOSS_ISA_BASELINE (x86-64: SSE2; or any other target), DICELOSS_ISA_NEON (aarch64), or
+// DICELOSS_ISA_NATIVE (the just-in-time build with -march=native: the widest of those the compiler targets).
+// Everything lives in the namespace diceloss_cpu::<DICELOSS_ISA_NS>; the library (library.cpp) picks one
+// level at load time from what the CPU reports. No torch header is included: the kernel sees plain pointers
+// (kernel_api.h), so one library serves every torch version of the LibTorch stable ABI.
 
-// The ISA-specific vector maths (and the choice of the at::vec specialisation) live in vec_math.h.
-#include "vec_math.h"
-
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
-#include <torch/extension.h>
-
-#if defined(__linux__)
-#include <sys/mman.h>
+#if defined(DICELOSS_ISA_NATIVE)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__) && \
+    defined(__FMA__)
+#define DICELOSS_ISA_AVX512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define DICELOSS_ISA_AVX2
+#elif defined(__aarch64__)
+#define DICELOSS_ISA_NEON
+#else
+#define DICELOSS_ISA_BASELINE
+#endif
 #endif
 
-#include <algorithm>
-#include <type_traits>
-#include <cmath>
-#include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#define DICELOSS_X86
+#endif
 
+#if defined(DICELOSS_ISA_AVX512)
+#if !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__) && \
+      defined(__FMA__))
+#error "the AVX-512 level needs -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma"
+#endif
+#define DICELOSS_VBYTES 64
+#define DICELOSS_ISA_NAME "AVX-512"
+#elif defined(DICELOSS_ISA_AVX2)
+#if !(defined(__AVX2__) && defined(__FMA__))
+#error "the AVX2 level needs -mavx2 -mfma"
+#endif
+#define DICELOSS_VBYTES 32
+#define DICELOSS_ISA_NAME "AVX2"
+#elif defined(DICELOSS_ISA_NEON)
+#if !defined(__aarch64__)
+#error "the NEON level is aarch64's"
+#endif
+#define DICELOSS_VBYTES 16
+#define DICELOSS_ISA_NAME "NEON"
+#elif defined(DICELOSS_ISA_BASELINE)
+#define DICELOSS_VBYTES 16
+#if defined(DICELOSS_X86)
+#define DICELOSS_ISA_NAME "SSE2"
+#else
+#define DICELOSS_ISA_NAME "generic 128-bit"
+#endif
+#else
+#error "define one of DICELOSS_ISA_AVX512, _AVX2, _BASELINE, _NEON or _NATIVE (setup.py and the loader do)"
+#endif
+
+#if !defined(DICELOSS_ISA_NS)
+#error "define DICELOSS_ISA_NS, the namespace of this level's code"
+#endif
+
+// The statistic columns and the activation codes come from diceloss.stats.types, defined by the build.
+#if !defined(DICELOSS_NUM_STATS) || !defined(DICELOSS_ACT_SOFTMAX) || !defined(DICELOSS_ACT_SIGMOID)
+#error "build through setup.py or diceloss.stats.cpu, which define DICELOSS_NUM_STATS and DICELOSS_ACT_*"
+#endif
+
+#include "kernel_api.h"
+
+#if defined(DICELOSS_X86)
+#include <immintrin.h>
+#endif
+#if defined(DICELOSS_ISA_NEON)
+#include <arm_neon.h>
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <type_traits>
+
+namespace diceloss_cpu {
+namespace DICELOSS_ISA_NS {
 namespace {
+
+#include "simd.h"
+#include "vec_math.h"
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// A heap array of n zeros, 64-byte aligned (a tile's rows then start on cache lines: the backward of C = 21
+// classes was 6 % slower without), freed at scope exit: this level's own type (std::vector's out-of-line code
+// would be shared with the other levels' by name).
+template <typename T>
+struct Buffer {
+  T* ptr;
+  explicit Buffer(int64_t n) : ptr(nullptr) {
+    if (n > 0) {
+      ptr = static_cast<T*>(::operator new[](size_t(n) * sizeof(T), std::align_val_t(64)));
+      for (int64_t i = 0; i < n; ++i) new (ptr + i) T();
+    }
+  }
+  ~Buffer() {
+    if (ptr) ::operator delete[](ptr, std::align_val_t(64));
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  T* data() const { return ptr; }
+  T& operator[](int64_t i) const { return ptr[i]; }
+};
+
+// float16 and bfloat16 as stored (bit patterns), converted to and from float with round-to-nearest-even
+// (as torch converts), in software: the same bits on every level.
+struct Half {
+  uint16_t bits;
+  Half() = default;
+  explicit Half(float f) : bits(from_float(f)) {}
+  explicit operator float() const { return to_float(bits); }
+  static float to_float(uint16_t h) {
+    const uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    if (exp == 0) {  // zero or subnormal: mant * 2^-24, exact in float
+      const float f = float(mant) * 5.9604644775390625e-08f;
+      return sign ? -f : f;
+    }
+    const uint32_t u = exp == 31 ? sign | 0x7f800000u | (mant << 13) : sign | ((exp + 112) << 23) | (mant << 13);
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static uint16_t from_float(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint16_t sign = uint16_t((u >> 16) & 0x8000);
+    u &= 0x7fffffffu;
+    if (u >= 0x7f800000u) return sign | (u > 0x7f800000u ? 0x7e00 : 0x7c00);  // NaN, inf
+    if (u >= 0x477ff000u) return sign | 0x7c00;  // 65520 and above round to inf
+    if (u < 0x38800000u) {  // below 2^-14: a subnormal half, round(|f| * 2^24) to even (1.5 * 2^23 trick)
+      float a;
+      std::memcpy(&a, &u, 4);
+      const float big = a * 16777216.0f + 12582912.0f;
+      return sign | uint16_t(uint32_t(big - 12582912.0f));
+    }
+    u += 0xfffu + ((u >> 13) & 1u);  // round to nearest even at bit 13
+    return sign | uint16_t((u - (112u << 23)) >> 13);
+  }
+};
+
+struct BFloat16 {
+  uint16_t bits;
+  BFloat16() = default;
+  explicit BFloat16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if (f != f) {
+      bits = 0x7fc0;
+    } else {
+      bits = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+  }
+  explicit operator float() const {
+    const uint32_t u = uint32_t(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+};
 
 constexpr int64_t TILE = 256;         // positions per tile (a multiple of every vector width)
 constexpr int64_t TASK = 4096;        // positions per task: partial sums, load balance
@@ -44,16 +190,37 @@ enum Activation { SOFTMAX = DICELOSS_ACT_SOFTMAX, SIGMOID = DICELOSS_ACT_SIGMOID
 constexpr int64_t SERIAL_ELEMENTS = 1 << 16;
 
 template <typename F>
-inline void run_tasks(int64_t ntask, int64_t elements, const F& f) {
-  if (elements < SERIAL_ELEMENTS) {
+void run_range(int64_t begin, int64_t end, void* ctx) {
+  (*static_cast<const F*>(ctx))(begin, end);
+}
+
+template <typename F>
+inline void run_tasks(const Problem& pr, int64_t ntask, int64_t elements, const F& f) {
+  if (elements < SERIAL_ELEMENTS || pr.parallel_for == nullptr) {
     f(int64_t(0), ntask);
   } else {
-    at::parallel_for(0, ntask, 1, f);
+    pr.parallel_for(ntask, 1, &run_range<F>, const_cast<void*>(static_cast<const void*>(&f)));
   }
 }
 
+// f(a, b, c) with the three flags as compile-time constants (std::bool_constant): an element loop then carries
+// no branch on the options and no factor that they make 1 (eight instantiations of it)
+template <typename F>
+inline void with_flags(bool a, bool b, bool c, const F& f) {
+  const auto third = [&](auto x, auto y) {
+    if (c) f(x, y, std::true_type());
+    else f(x, y, std::false_type());
+  };
+  const auto second = [&](auto x) {
+    if (b) third(x, std::true_type());
+    else third(x, std::false_type());
+  };
+  if (a) second(std::true_type());
+  else second(std::false_type());
+}
+
 struct Options {
-  int64_t activation;
+  int32_t activation;
   bool index_target;
   bool has_ignore;
   int64_t ignore_index;
@@ -79,20 +246,10 @@ inline void unstage(const acc_t* src, int64_t count, scalar_t* dst) {
 // follow, and without this the first pass over a tile waits on memory.
 constexpr int64_t PREFETCH = 2 * TILE;
 
-// GCC deletes a loop whose body is only __builtin_prefetch (no side effects, C++ forward progress),
-// so on x86 the prefetch is an asm statement.
-inline void prefetch_line(const char* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht0 %0" : : "m"(*p));
-#else
-  __builtin_prefetch(p, 0, 3);
-#endif
-}
-
 template <typename T>
 inline void prefetch_rows(const T* base, int64_t stride, int64_t rows, int64_t pos, int64_t end) {
   if (pos >= end) return;
-  const int64_t n = std::min(TILE, end - pos);
+  const int64_t n = imin(TILE, end - pos);
   for (int64_t c = 0; c < rows; ++c) {
     const char* p = reinterpret_cast<const char*>(base + c * stride + pos);
     for (int64_t k = 0; k < n * int64_t(sizeof(T)); k += 64) prefetch_line(p + k);
@@ -157,7 +314,7 @@ inline void softmax_tile(const acc_t* x, int64_t xs, int64_t C, acc_t* e, acc_t*
         const Vec<acc_t> ev = exp_nonpos(Vec<acc_t>::loadu(x + c * xs + v0 + u * W) - mx[u]);
         ev.store(e + c * TILE + v0 + u * W);
         s[u] = s[u] + ev;
-        if (wc) w[u] = at::vec::fmadd(k, SQ ? ev * ev : ev, w[u]);
+        if (wc) w[u] = fmadd(k, SQ ? ev * ev : ev, w[u]);
       }
     }
     for (int u = 0; u < U; ++u) {
@@ -189,7 +346,7 @@ inline void index_tile(const int64_t* T, const bool* M, int64_t cnt, int64_t C, 
   index_positions(T, M, 0, cnt, C, o, tb, vb, ti);
 }
 
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(DICELOSS_ISA_AVX512)
 // AVX-512, float: 16 positions at a time (the scalar loop above costs as much as the class loops when C
 // is small). The validity is a mask register; indices are narrowed to int32 (valid ones lie in [0, C)).
 template <>
@@ -208,11 +365,53 @@ inline void index_tile<float>(const int64_t* T, const bool* M, int64_t cnt, int6
     }
     __mmask16 k = _mm512_kunpackb(khi, klo);
     if (M) k &= _mm_cmpneq_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(M + j)), _mm_setzero_si128());
-    const __m512i t32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+    const __m512i t32 =
+        _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
     const __m512i t = _mm512_mask_mov_epi32(_mm512_set1_epi32(-1), k, t32);
     _mm512_storeu_ps(tb + j, _mm512_cvtepi32_ps(t));
     _mm512_storeu_ps(vb + j, _mm512_maskz_mov_ps(k, _mm512_set1_ps(1.0f)));
     if (ti) _mm512_storeu_si512(ti + j, t);
+  }
+  index_positions(T, M, j, cnt, C, o, tb, vb, ti);  // the partial group and the padding
+}
+#endif
+
+#if defined(DICELOSS_ISA_AVX2)
+// AVX2, float: 8 positions at a time, as the AVX-512 version above; the validity is an all-ones lane mask, and the
+// int64 indices are narrowed by taking the low half of each (valid ones lie in [0, C)).
+template <>
+inline void index_tile<float>(const int64_t* T, const bool* M, int64_t cnt, int64_t C, const Options& o, float* tb,
+                              float* vb, int32_t* ti) {
+  const __m256i classes = _mm256_set1_epi64x(C), minus1 = _mm256_set1_epi64x(-1);
+  const __m256i ignore = _mm256_set1_epi64x(o.ignore_index);
+  const __m256i low_halves = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t j = 0;
+  for (; j + 8 <= cnt; j += 8) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(T + j));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(T + j + 4));
+    // 0 <= t < C: t > -1 and C > t
+    __m256i klo = _mm256_and_si256(_mm256_cmpgt_epi64(lo, minus1), _mm256_cmpgt_epi64(classes, lo));
+    __m256i khi = _mm256_and_si256(_mm256_cmpgt_epi64(hi, minus1), _mm256_cmpgt_epi64(classes, hi));
+    if (o.has_ignore) {
+      klo = _mm256_andnot_si256(_mm256_cmpeq_epi64(lo, ignore), klo);
+      khi = _mm256_andnot_si256(_mm256_cmpeq_epi64(hi, ignore), khi);
+    }
+    // the low 32 bits of each index and of each mask lane, 8 in order
+    const __m256i t32 = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm256_castsi256_si128(_mm256_permutevar8x32_epi32(lo, low_halves))),
+        _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(hi, low_halves)), 1);
+    __m256i k = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm256_castsi256_si128(_mm256_permutevar8x32_epi32(klo, low_halves))),
+        _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(khi, low_halves)), 1);
+    if (M) {
+      const __m256i m = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(M + j)));
+      k = _mm256_andnot_si256(_mm256_cmpeq_epi32(m, _mm256_setzero_si256()), k);
+    }
+    const __m256i t = _mm256_blendv_epi8(_mm256_set1_epi32(-1), t32, k);
+    _mm256_storeu_ps(tb + j, _mm256_cvtepi32_ps(t));
+    _mm256_storeu_ps(vb + j, _mm256_and_ps(_mm256_castsi256_ps(k), one));
+    if (ti) _mm256_storeu_si256(reinterpret_cast<__m256i*>(ti + j), t);
   }
   index_positions(T, M, j, cnt, C, o, tb, vb, ti);  // the partial group and the padding
 }
@@ -225,7 +424,7 @@ template <typename acc_t>
 inline void target_terms(const int32_t* ti, const acc_t* eb, const acc_t* rb, const acc_t* cA, const acc_t* cK,
                          bool ce, acc_t eps, acc_t eps_sumK, acc_t* ws, acc_t* fix) {
   int64_t j = 0;
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(DICELOSS_ISA_AVX512)
   if constexpr (std::is_same_v<acc_t, float>) {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 zero = _mm512_setzero_ps(), one_eps = _mm512_set1_ps(1.0f - eps), esk = _mm512_set1_ps(eps_sumK);
@@ -246,6 +445,29 @@ inline void target_terms(const int32_t* ti, const acc_t* eb, const acc_t* rb, co
       _mm512_storeu_ps(fix + j, _mm512_fnmadd_ps(kk, one_eps, at));  // 0 where not valid: at = kk = 0
     }
   }
+#elif defined(DICELOSS_ISA_AVX2)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    // gathers with the validity as lane mask: no branch on the ignored positions, which are random
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), minus1 = _mm256_set1_epi32(-1);
+    const __m256 zero = _mm256_setzero_ps(), one_eps = _mm256_set1_ps(1.0f - eps), esk = _mm256_set1_ps(eps_sumK);
+    static_assert(TILE == 256, "the tile's row offset is t << 8");
+    for (; j < TILE; j += 8) {
+      const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ti + j));
+      const __m256 k = _mm256_castsi256_ps(_mm256_cmpgt_epi32(t, minus1));
+      const __m256i at_e =
+          _mm256_add_epi32(_mm256_slli_epi32(t, 8), _mm256_add_epi32(iota, _mm256_set1_epi32(int32_t(j))));
+      const __m256 pe = _mm256_mask_i32gather_ps(zero, eb, at_e, k, 4);
+      const __m256 a = _mm256_mask_i32gather_ps(zero, cA, t, k, 4);
+      const __m256 at = _mm256_and_ps(k, _mm256_mul_ps(_mm256_mul_ps(a, pe), _mm256_loadu_ps(rb + j)));
+      __m256 kk = zero, kt = zero;
+      if (ce) {
+        kk = _mm256_mask_i32gather_ps(zero, cK, t, k, 4);
+        kt = _mm256_and_ps(k, _mm256_fmadd_ps(kk, one_eps, esk));
+      }
+      _mm256_storeu_ps(ws + j, _mm256_add_ps(_mm256_loadu_ps(ws + j), _mm256_sub_ps(at, kt)));
+      _mm256_storeu_ps(fix + j, _mm256_fnmadd_ps(kk, one_eps, at));
+    }
+  }
 #endif
   for (; j < TILE; ++j) {
     const int32_t t = ti[j];
@@ -264,31 +486,30 @@ inline void target_terms(const int32_t* ti, const acc_t* eb, const acc_t* rb, co
 // softmax (multiclass): index or dense targets
 
 template <typename scalar_t, typename acc_t, typename target_t>
-void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask, const Options& o,
-                     at::Tensor& out) {
-  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
+void softmax_forward(const Problem& pr, const Options& o) {
+  const int64_t B = pr.B, C = pr.C, N = pr.N;
   const int64_t nblk = (N + TASK - 1) / TASK, ntask = B * nblk;
-  const scalar_t* X = x.data_ptr<scalar_t>();
-  const int64_t* T = o.index_target ? target.data_ptr<int64_t>() : nullptr;
-  const target_t* G = o.index_target ? nullptr : target.data_ptr<target_t>();
-  const bool* M = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+  const scalar_t* X = static_cast<const scalar_t*>(pr.x);
+  const int64_t* T = o.index_target ? static_cast<const int64_t*>(pr.target) : nullptr;
+  const target_t* G = o.index_target ? nullptr : static_cast<const target_t*>(pr.target);
+  const bool* M = pr.mask;
   const acc_t eps = static_cast<acc_t>(o.label_smoothing);
-  std::vector<double> partial(static_cast<size_t>(ntask) * C * NSTAT, 0.0);
+  Buffer<double> partial(ntask * C * NSTAT);
   constexpr int W = Vec<acc_t>::size();
 
-  run_tasks(ntask, x.numel(), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xbuf(C * TILE), eb(C * TILE), gbuf(o.index_target ? 0 : C * TILE);
+  run_tasks(pr, ntask, B * C * N, [&](int64_t begin, int64_t end) {
+    Buffer<acc_t> xbuf(C * TILE), eb(C * TILE), gbuf(o.index_target ? 0 : C * TILE);
     alignas(64) acc_t lse[TILE] = {}, rb[TILE], vb[TILE], tb[TILE] = {};
     // per class: I, P, G, E (E: the whole CE for dense targets; for index targets the part at the
     // target class in accT and the smoothing part in accE)
-    std::vector<Vec<acc_t>> accI(C), accP(C), accG(C), accE(C), accT(C);
+    Buffer<Vec<acc_t>> accI(C), accP(C), accG(C), accE(C), accT(C);
     const Vec<acc_t> one_eps(acc_t(1) - eps), eps_c(eps / acc_t(C));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nblk, n0 = (task % nblk) * TASK, n1 = std::min(N, n0 + TASK);
+      const int64_t b = task / nblk, n0 = (task % nblk) * TASK, n1 = imin(N, n0 + TASK);
       for (int64_t c = 0; c < C; ++c) accI[c] = accP[c] = accG[c] = accE[c] = accT[c] = Vec<acc_t>(acc_t(0));
       Vec<acc_t> accM(acc_t(0));
       for (int64_t t0 = n0; t0 < n1; t0 += TILE) {
-        const int64_t cnt = std::min(TILE, n1 - t0);
+        const int64_t cnt = imin(TILE, n1 - t0);
         if (o.index_target) prefetch_rows(T + b * N, N, 1, t0 + PREFETCH, N);
         const auto xr = tile_rows(X + b * C * N + t0, N, C, cnt, xbuf.data(), N - t0);
         softmax_tile(xr.ptr, xr.stride, C, eb.data(), rb, o.cross_entropy ? lse : nullptr);
@@ -299,6 +520,8 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
           gr = tile_rows(G + b * C * N + t0, N, C, cnt, gbuf.data(), N - t0);
           for (int64_t j = 0; j < TILE; ++j) vb[j] = (j < cnt && (!M || M[b * N + t0 + j])) ? acc_t(1) : acc_t(0);
         }
+        // the class loops with the options as compile-time constants (no branch inside)
+        with_flags(o.index_target, o.squared, o.cross_entropy, [&](auto index, auto squared, auto ce) {
         for (int64_t v0 = 0; v0 < TILE; v0 += U * W) {
           Vec<acc_t> m[U], mr[U], rr[U], l[U], tv[U];
           for (int u = 0; u < U; ++u) {
@@ -306,8 +529,8 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
             m[u] = Vec<acc_t>::loadu(vb + v);
             rr[u] = Vec<acc_t>::loadu(rb + v);
             mr[u] = m[u] * rr[u];  // mask / sum of exp
-            l[u] = Vec<acc_t>::loadu(lse + v);
-            tv[u] = Vec<acc_t>::loadu(tb + v);
+            if constexpr (ce) l[u] = Vec<acc_t>::loadu(lse + v);
+            if constexpr (index) tv[u] = Vec<acc_t>::loadu(tb + v);
             accM = accM + m[u];
           }
           for (int64_t c = 0; c < C; ++c) {
@@ -317,24 +540,24 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
               const int64_t v = v0 + u * W;
               const Vec<acc_t> e = Vec<acc_t>::loadu(eb.data() + c * TILE + v);
               const Vec<acc_t> mp = e * mr[u];  // m * p
-              aP = o.squared ? at::vec::fmadd(mp, e * rr[u], aP) : aP + mp;
-              if (o.index_target) {
+              aP = squared ? fmadd(mp, e * rr[u], aP) : aP + mp;
+              if constexpr (index) {
                 const Hit<acc_t> hit = hit_lanes(tv[u], cv);  // lanes where t == c (valid positions only)
                 aI = add_on(aI, hit, mp);
                 aG = add_on(aG, hit, Vec<acc_t>(acc_t(1)));
-                if (o.cross_entropy) {
+                if constexpr (ce) {
                   const Vec<acc_t> nll = l[u] - Vec<acc_t>::loadu(xr.ptr + c * xr.stride + v);  // -log p
                   aT = add_on(aT, hit, nll);
-                  if (eps != acc_t(0)) aE = at::vec::fmadd(m[u], nll, aE);
+                  if (eps != acc_t(0)) aE = fmadd(m[u], nll, aE);
                 }
               } else {
                 const Vec<acc_t> g = Vec<acc_t>::loadu(gr.ptr + c * gr.stride + v);
                 const Vec<acc_t> mg = m[u] * g;
-                aI = at::vec::fmadd(mp, g, aI);
-                aG = o.squared ? at::vec::fmadd(mg, g, aG) : aG + mg;
-                if (o.cross_entropy) {
+                aI = fmadd(mp, g, aI);
+                aG = squared ? fmadd(mg, g, aG) : aG + mg;
+                if constexpr (ce) {
                   const Vec<acc_t> nll = l[u] - Vec<acc_t>::loadu(xr.ptr + c * xr.stride + v);
-                  aE = at::vec::fmadd(m[u] * at::vec::fmadd(g, one_eps, eps_c), nll, aE);
+                  aE = fmadd(m[u] * fmadd(g, one_eps, eps_c), nll, aE);
                 }
               }
             }
@@ -345,6 +568,7 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
             accT[c] = aT;
           }
         }
+        });
       }
       double* out_t = partial.data() + task * C * NSTAT;
       const double count = hsum(accM);
@@ -365,7 +589,7 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
     }
   });
   // deterministic reduction in task order
-  acc_t* O = out.data_ptr<acc_t>();
+  acc_t* O = static_cast<acc_t*>(pr.out);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t c = 0; c < C; ++c) {
       for (int k = 0; k < NSTAT; ++k) {
@@ -378,29 +602,29 @@ void softmax_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
 }
 
 template <typename scalar_t, typename acc_t, typename target_t>
-void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask,
-                      const Options& o, at::Tensor& grad) {
-  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
+void softmax_backward(const Problem& pr, const Options& o) {
+  const int64_t B = pr.B, C = pr.C, N = pr.N;
   const int64_t nblk = (N + TASK - 1) / TASK, ntask = B * nblk;
-  const scalar_t* X = x.data_ptr<scalar_t>();
-  scalar_t* D = grad.data_ptr<scalar_t>();
-  const int64_t* T = o.index_target ? target.data_ptr<int64_t>() : nullptr;
-  const target_t* G = o.index_target ? nullptr : target.data_ptr<target_t>();
-  const bool* M = mask.defined() ? mask.data_ptr<bool>() : nullptr;
-  const acc_t* K = coef.data_ptr<acc_t>();  // (B, C, 6): dL/dI, dL/dP, -, -, dL/dE, -
+  const scalar_t* X = static_cast<const scalar_t*>(pr.x);
+  scalar_t* D = static_cast<scalar_t*>(pr.out);
+  const int64_t* T = o.index_target ? static_cast<const int64_t*>(pr.target) : nullptr;
+  const target_t* G = o.index_target ? nullptr : static_cast<const target_t*>(pr.target);
+  const bool* M = pr.mask;
+  const acc_t* K = static_cast<const acc_t*>(pr.coef);  // (B, C, 6): dL/dI, dL/dP, -, -, dL/dE, -
   const acc_t eps = static_cast<acc_t>(o.label_smoothing);
   constexpr int W = Vec<acc_t>::size();
 
   // rows stay 64-byte aligned when N * sizeof is a multiple of 64
-  const bool stream_out = x.numel() * int64_t(sizeof(scalar_t)) >= STREAM_BYTES && (N * int64_t(sizeof(scalar_t))) % 64 == 0;
-  run_tasks(ntask, x.numel(), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xbuf(C * TILE), eb(C * TILE), gbuf(o.index_target ? 0 : C * TILE), db(C * TILE);
-    std::vector<acc_t> cA(C), cB(C), cK(C), cEK(C);
+  const bool stream_out = B * C * N * int64_t(sizeof(scalar_t)) >= STREAM_BYTES &&
+                          (N * int64_t(sizeof(scalar_t))) % VBYTES == 0;
+  run_tasks(pr, ntask, B * C * N, [&](int64_t begin, int64_t end) {
+    Buffer<acc_t> xbuf(C * TILE), eb(C * TILE), gbuf(o.index_target ? 0 : C * TILE), db(C * TILE);
+    Buffer<acc_t> cA(C), cB(C), cK(C), cEK(C);
     alignas(64) acc_t rb[TILE], vb[TILE], tb[TILE], ws[TILE], fix[TILE];
     int32_t ti[TILE];
     const Vec<acc_t> one_eps(acc_t(1) - eps), eps_c(eps / acc_t(C));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nblk, n0 = (task % nblk) * TASK, n1 = std::min(N, n0 + TASK);
+      const int64_t b = task / nblk, n0 = (task % nblk) * TASK, n1 = imin(N, n0 + TASK);
       acc_t sumK = 0;
       for (int64_t c = 0; c < C; ++c) {
         const acc_t* k = K + (b * C + c) * NSTAT;
@@ -412,7 +636,7 @@ void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
       }
       const acc_t eps_sumK = eps / acc_t(C) * sumK;
       for (int64_t t0 = n0; t0 < n1; t0 += TILE) {
-        const int64_t cnt = std::min(TILE, n1 - t0);
+        const int64_t cnt = imin(TILE, n1 - t0);
         if (o.index_target) prefetch_rows(T + b * N, N, 1, t0 + PREFETCH, N);
         const auto xr = tile_rows(X + b * C * N + t0, N, C, cnt, xbuf.data(), N - t0);
         // direct output rows when no conversion and a full tile
@@ -438,6 +662,7 @@ void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
           }
           index_tile(T + b * N + t0, M ? M + b * N + t0 : nullptr, cnt, C, o, tb, vb, ti);
           target_terms(ti, eb.data(), rb, cA.data(), cK.data(), o.cross_entropy, eps, eps_sumK, ws, fix);  // R, fix
+          with_flags(o.squared, o.cross_entropy, stream, [&](auto squared, auto ce, auto streamed) {
           for (int64_t v0 = 0; v0 < TILE; v0 += U * W) {
             Vec<acc_t> m[U], r[U], R[U], F[U], tv[U];
             for (int u = 0; u < U; ++u) {
@@ -452,14 +677,15 @@ void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
               for (int u = 0; u < U; ++u) {
                 const int64_t v = v0 + u * W;
                 const Vec<acc_t> p = Vec<acc_t>::loadu(eb.data() + c * TILE + v) * r[u];
-                const Vec<acc_t> ub = o.squared ? bq * p : bq;
+                const Vec<acc_t> ub = squared ? bq * p : bq;
                 Vec<acc_t> d = p * (ub - R[u]);
-                if (o.cross_entropy) d = d - ek;
+                if constexpr (ce) d = d - ek;
                 // m * d, plus the target class's term (fix is 0 where the position is not valid)
-                store_vec(add_on(m[u] * d, hit_lanes(tv[u], cv), F[u]), dst + c * ds + v, stream);
+                store_vec(add_on(m[u] * d, hit_lanes(tv[u], cv), F[u]), dst + c * ds + v, streamed);
               }
             }
           }
+          });
         } else {
           softmax_tile<acc_t>(xr.ptr, xr.stride, C, eb.data(), rb, nullptr);
           const auto gr = tile_rows(G + b * C * N + t0, N, C, cnt, gbuf.data(), N - t0);
@@ -471,16 +697,16 @@ void softmax_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
               const Vec<acc_t> p = Vec<acc_t>::loadu(eb.data() + c * TILE + v) * r;
               const Vec<acc_t> g = Vec<acc_t>::loadu(gr.ptr + c * gr.stride + v);
               const Vec<acc_t> ub = o.squared ? Vec<acc_t>(cB[c]) * p : Vec<acc_t>(cB[c]);
-              rsum = at::vec::fmadd(p, at::vec::fmadd(Vec<acc_t>(cA[c]), g, ub), rsum);
-              if (o.cross_entropy) kt = at::vec::fmadd(Vec<acc_t>(cK[c]), at::vec::fmadd(g, one_eps, eps_c), kt);
+              rsum = fmadd(p, fmadd(Vec<acc_t>(cA[c]), g, ub), rsum);
+              if (o.cross_entropy) kt = fmadd(Vec<acc_t>(cK[c]), fmadd(g, one_eps, eps_c), kt);
             }
             const Vec<acc_t> R = rsum - kt;
             for (int64_t c = 0; c < C; ++c) {
               const Vec<acc_t> p = Vec<acc_t>::loadu(eb.data() + c * TILE + v) * r;
               const Vec<acc_t> g = Vec<acc_t>::loadu(gr.ptr + c * gr.stride + v);
               const Vec<acc_t> ub = o.squared ? Vec<acc_t>(cB[c]) * p : Vec<acc_t>(cB[c]);
-              Vec<acc_t> d = p * (at::vec::fmadd(Vec<acc_t>(cA[c]), g, ub) - R);
-              if (o.cross_entropy) d = d - Vec<acc_t>(cK[c]) * at::vec::fmadd(g, one_eps, eps_c);
+              Vec<acc_t> d = p * (fmadd(Vec<acc_t>(cA[c]), g, ub) - R);
+              if (o.cross_entropy) d = d - Vec<acc_t>(cK[c]) * fmadd(g, one_eps, eps_c);
               (m * d).store(dst + c * ds + v);
             }
           }
@@ -538,56 +764,65 @@ inline void valid_target(const Options& o, Vec<acc_t>& m, Vec<acc_t>& g) {
 }
 
 template <typename scalar_t, typename acc_t, typename target_t>
-void sigmoid_forward(const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask, const Options& o,
-                     at::Tensor& out) {
-  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
+void sigmoid_forward(const Problem& pr, const Options& o) {
+  const int64_t B = pr.B, C = pr.C, N = pr.N;
   const int64_t nblk = (N + TASK - 1) / TASK, ntask = B * C * nblk;
-  const scalar_t* X = x.data_ptr<scalar_t>();
-  const target_t* G = target.data_ptr<target_t>();
-  const bool* M = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+  const scalar_t* X = static_cast<const scalar_t*>(pr.x);
+  const target_t* G = static_cast<const target_t*>(pr.target);
+  const bool* M = pr.mask;
   const acc_t eps = static_cast<acc_t>(o.label_smoothing);
-  std::vector<double> partial(static_cast<size_t>(ntask) * NSTAT, 0.0);
+  Buffer<double> partial(ntask * NSTAT);
   constexpr int W = Vec<acc_t>::size();
 
-  run_tasks(ntask, x.numel(), [&](int64_t begin, int64_t end) {
+  run_tasks(pr, ntask, B * C * N, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t xb[TILE], gb[TILE], vb[TILE];
-    const Vec<acc_t> one(acc_t(1)), zero(acc_t(0)), one_eps(acc_t(1) - eps), half_eps(eps / acc_t(2));
+    const Vec<acc_t> one(acc_t(1)), one_eps(acc_t(1) - eps), half_eps(eps / acc_t(2));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bc = task / nblk, b = bc / C, n0 = (task % nblk) * TASK, n1 = std::min(N, n0 + TASK);
+      const int64_t bc = task / nblk, b = bc / C, n0 = (task % nblk) * TASK, n1 = imin(N, n0 + TASK);
       Vec<acc_t> aI(acc_t(0)), aP(acc_t(0)), aG(acc_t(0)), aM(acc_t(0)), aE(acc_t(0));
+      int64_t whole = 0;  // elements of the unmasked tiles (aM counts the others)
       for (int64_t t0 = n0; t0 < n1; t0 += TILE) {
-        const int64_t cnt = std::min(TILE, n1 - t0);
+        const int64_t cnt = imin(TILE, n1 - t0);
         const auto tile = sigmoid_tile(X + bc * N + t0, G + bc * N + t0, M ? M + b * N + t0 : nullptr, cnt, xb, gb,
                                        vb);
-        for (int64_t v = 0; v < TILE; v += W) {
-          const Vec<acc_t> xv = Vec<acc_t>::loadu(tile.x + v);
-          Vec<acc_t> g = Vec<acc_t>::loadu(tile.g + v);
-          Vec<acc_t> m = tile.use_vb ? Vec<acc_t>::loadu(vb + v) : one;
-          valid_target(o, m, g);
-          const Sigmoid<acc_t> sg = sigmoid_parts(xv);
-          const Vec<acc_t> p = sg.p;
-          const Vec<acc_t> mp = m * p, mg = m * g;
-          aI = at::vec::fmadd(mp, g, aI);
-          aP = o.squared ? at::vec::fmadd(mp, p, aP) : aP + mp;
-          aG = o.squared ? at::vec::fmadd(mg, g, aG) : aG + mg;
-          aM = aM + m;
-          if (o.cross_entropy) {
-            // BCE with logits: max(x, 0) - x g~ + log(1 + exp(-|x|))
-            const Vec<acc_t> gs = at::vec::fmadd(g, one_eps, half_eps);
-            const Vec<acc_t> bce = at::vec::maximum(xv, zero) - xv * gs + log1p_small(sg.e);
-            aE = at::vec::fmadd(m, bce, aE);
+        // every element counts (no mask, no ignore_index, a full tile): no validity factor to apply
+        const auto body = [&](auto masked, auto squared, auto ce) {
+          for (int64_t v = 0; v < TILE; v += W) {
+            const Vec<acc_t> xv = Vec<acc_t>::loadu(tile.x + v);
+            Vec<acc_t> g = Vec<acc_t>::loadu(tile.g + v);
+            Vec<acc_t> m = one;
+            if constexpr (masked) {
+              m = tile.use_vb ? Vec<acc_t>::loadu(vb + v) : one;
+              valid_target(o, m, g);
+            }
+            const Sigmoid<acc_t> sg = sigmoid_parts(xv);
+            const Vec<acc_t> p = sg.p;
+            const Vec<acc_t> mp = masked ? m * p : p, mg = masked ? m * g : g;
+            aI = fmadd(mp, g, aI);
+            aP = squared ? fmadd(mp, p, aP) : aP + mp;
+            aG = squared ? fmadd(mg, g, aG) : aG + mg;
+            if constexpr (masked) aM = aM + m;
+            if constexpr (ce) {
+              // BCE with logits: max(x, 0) - x g~ + log(1 + exp(-|x|))
+              const Vec<acc_t> gs = fmadd(g, one_eps, half_eps);
+              const Vec<acc_t> bce = positive_part(xv) - xv * gs + log1p_small(sg.e);
+              aE = masked ? fmadd(m, bce, aE) : aE + bce;
+            }
           }
-        }
+        };
+        const bool masked = tile.use_vb || o.has_ignore;
+        with_flags(masked, o.squared, o.cross_entropy, body);
+        if (!masked) whole += TILE;
       }
       double* s = partial.data() + task * NSTAT;
       s[0] = hsum(aI);
       s[1] = hsum(aP);
       s[2] = hsum(aG);
-      s[3] = hsum(aM);
+      s[3] = double(hsum(aM)) + double(whole);
       s[4] = o.cross_entropy ? double(hsum(aE)) : 0.0;
     }
   });
-  acc_t* O = out.data_ptr<acc_t>();
+  acc_t* O = static_cast<acc_t*>(pr.out);
   for (int64_t bc = 0; bc < B * C; ++bc) {
     for (int k = 0; k < NSTAT; ++k) {
       double s = 0;
@@ -598,27 +833,26 @@ void sigmoid_forward(const at::Tensor& x, const at::Tensor& target, const at::Te
 }
 
 template <typename scalar_t, typename acc_t, typename target_t>
-void sigmoid_backward(const at::Tensor& coef, const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask,
-                      const Options& o, at::Tensor& grad) {
-  const int64_t C = x.size(1), N = x.size(2);
-  const int64_t nblk = (N + TASK - 1) / TASK, ntask = x.size(0) * C * nblk;
-  const scalar_t* X = x.data_ptr<scalar_t>();
-  scalar_t* D = grad.data_ptr<scalar_t>();
-  const target_t* G = target.data_ptr<target_t>();
-  const bool* M = mask.defined() ? mask.data_ptr<bool>() : nullptr;
-  const acc_t* K = coef.data_ptr<acc_t>();
+void sigmoid_backward(const Problem& pr, const Options& o) {
+  const int64_t C = pr.C, N = pr.N;
+  const int64_t nblk = (N + TASK - 1) / TASK, ntask = pr.B * C * nblk;
+  const scalar_t* X = static_cast<const scalar_t*>(pr.x);
+  scalar_t* D = static_cast<scalar_t*>(pr.out);
+  const target_t* G = static_cast<const target_t*>(pr.target);
+  const bool* M = pr.mask;
+  const acc_t* K = static_cast<const acc_t*>(pr.coef);
   const acc_t eps = static_cast<acc_t>(o.label_smoothing);
   constexpr int W = Vec<acc_t>::size();
 
-  run_tasks(ntask, x.numel(), [&](int64_t begin, int64_t end) {
+  run_tasks(pr, ntask, pr.B * C * N, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t xb[TILE], gb[TILE], vb[TILE], db[TILE];
     const Vec<acc_t> one(acc_t(1)), one_eps(acc_t(1) - eps), half_eps(eps / acc_t(2));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bc = task / nblk, b = bc / C, n0 = (task % nblk) * TASK, n1 = std::min(N, n0 + TASK);
+      const int64_t bc = task / nblk, b = bc / C, n0 = (task % nblk) * TASK, n1 = imin(N, n0 + TASK);
       const acc_t* k = K + bc * NSTAT;
       const Vec<acc_t> A(k[0]), Bq(o.squared ? acc_t(2) * k[1] : k[1]), KE(o.cross_entropy ? k[4] : acc_t(0));
       for (int64_t t0 = n0; t0 < n1; t0 += TILE) {
-        const int64_t cnt = std::min(TILE, n1 - t0);
+        const int64_t cnt = imin(TILE, n1 - t0);
         const auto tile = sigmoid_tile(X + bc * N + t0, G + bc * N + t0, M ? M + b * N + t0 : nullptr, cnt, xb, gb,
                                        vb);
         scalar_t* drow = D + bc * N + t0;
@@ -626,18 +860,24 @@ void sigmoid_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
           if (cnt == TILE) dst = drow;
         }
-        for (int64_t v = 0; v < TILE; v += W) {
-          const Vec<acc_t> xv = Vec<acc_t>::loadu(tile.x + v);
-          Vec<acc_t> g = Vec<acc_t>::loadu(tile.g + v);
-          Vec<acc_t> m = tile.use_vb ? Vec<acc_t>::loadu(vb + v) : one;
-          valid_target(o, m, g);
-          const Sigmoid<acc_t> sg = sigmoid_parts(xv);
-          const Vec<acc_t> p = sg.p;
-          const Vec<acc_t> ub = o.squared ? Bq * p : Bq;
-          Vec<acc_t> d = at::vec::fmadd(A, g, ub) * (sg.e * sg.r * sg.r);  // p (1 - p)
-          if (o.cross_entropy) d = at::vec::fmadd(KE, p - at::vec::fmadd(g, one_eps, half_eps), d);
-          (m * d).store(dst + v);
-        }
+        const auto body = [&](auto masked, auto squared, auto ce) {
+          for (int64_t v = 0; v < TILE; v += W) {
+            const Vec<acc_t> xv = Vec<acc_t>::loadu(tile.x + v);
+            Vec<acc_t> g = Vec<acc_t>::loadu(tile.g + v);
+            Vec<acc_t> m = one;
+            if constexpr (masked) {
+              m = tile.use_vb ? Vec<acc_t>::loadu(vb + v) : one;
+              valid_target(o, m, g);
+            }
+            const Sigmoid<acc_t> sg = sigmoid_parts(xv);
+            Vec<acc_t> ub = Bq;
+            if constexpr (squared) ub = Bq * sg.p;
+            Vec<acc_t> d = fmadd(A, g, ub) * (sg.e * sg.r * sg.r);  // p (1 - p)
+            if constexpr (ce) d = fmadd(KE, sg.p - fmadd(g, one_eps, half_eps), d);
+            (masked ? m * d : d).store(dst + v);
+          }
+        };
+        with_flags(tile.use_vb || o.has_ignore, o.squared, o.cross_entropy, body);
         if (dst == db) unstage(db, cnt, drow);
       }
     }
@@ -647,157 +887,63 @@ void sigmoid_backward(const at::Tensor& coef, const at::Tensor& x, const at::Ten
 // ------------------------------------------------------------------------------------------------
 // entry points
 
-// A gradient of 32 MiB or more is a fresh mapping on every call (glibc serves such sizes with mmap and
-// returns them to the system on free), so the kernel's first write takes one page fault per 4 KiB:
-// 28672 faults, about 30 ms, for a 112 MiB gradient, three times the kernel's own work. Transparent huge
-// pages, where the system leaves them to madvise, make that 56 faults. Only whole 2 MiB pages inside the
-// buffer are advised, so nothing outside it changes; a failure is harmless.
-// set_huge_pages(False) (DICELOSS_NO_HUGEPAGES=1) turns this off, e.g. where THP compaction stalls.
-constexpr size_t HUGE_PAGE_MIN_BYTES = size_t(32) << 20;
-bool huge_pages_on = true;
-
-bool set_huge_pages(bool on) {
-  const bool previous = huge_pages_on;
-  huge_pages_on = on;
-  return previous;
+Options make_options(const Problem& pr) {
+  return Options{pr.activation, pr.target_dtype == INT64, pr.has_ignore, pr.ignore_index, pr.squared,
+                 pr.cross_entropy, pr.label_smoothing};
 }
 
-void advise_huge_pages(void* ptr, size_t nbytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t HUGE = uintptr_t(2) << 20;
-  if (!huge_pages_on || nbytes < HUGE_PAGE_MIN_BYTES) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(ptr) + HUGE - 1) & ~(HUGE - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(ptr) + nbytes) & ~(HUGE - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)ptr;
-  (void)nbytes;
-#endif
-}
-
-// The op's argument list (diceloss.stats.types.OpOptions, after x, target, mask) as the kernel's options: the
-// Python side passes it as it is. Whether the target holds class indices follows from its dtype.
-Options make_options(const at::Tensor& target, const std::string& mode, const std::string& activation,
-                     c10::optional<int64_t> ignore_index, bool squared, bool soft_label, bool cross_entropy,
-                     double label_smoothing, c10::optional<double> focal_gamma) {
-  TORCH_CHECK(activation == "softmax" || activation == "sigmoid",
-              "diceloss kernel: activation must be 'softmax' or 'sigmoid', got '", activation, "'");
-  TORCH_CHECK(mode == "binary" || mode == "multiclass" || mode == "multilabel", "diceloss kernel: unknown mode '",
-              mode, "'");
-  TORCH_CHECK(!soft_label || squared, "diceloss kernel: soft_label without squared is not covered");
-  TORCH_CHECK(!focal_gamma.has_value(), "diceloss kernel: the focal term is not covered");
-  const bool index_target = !at::isFloatingType(target.scalar_type());
-  const int64_t act = activation == "softmax" ? SOFTMAX : SIGMOID;
-  TORCH_CHECK(!(act == SIGMOID && index_target), "diceloss kernel: sigmoid needs dense targets");
-  return Options{act, index_target, ignore_index.has_value(), ignore_index.value_or(0), squared, cross_entropy,
-                 label_smoothing};
-}
-
-// A float32 dense target with float16 / bfloat16 logits is read as it is: rounding it to the logits' dtype
-// would move soft labels by up to 4e-5 and turn an ignore_index such as 257 (bf16) into another value.
-bool wide_target(const at::Tensor& x, const at::Tensor& target) {
-  return (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16) && target.scalar_type() == at::kFloat;
-}
-
-// f(scalar_t, acc_t, target_t) for the logits' dtype and the target's (its own, or float32 with half logits)
+// f(scalar_t, acc_t, target_t) for the logits' dtype and the target's (its own, or float32 with half logits);
+// the library has checked the combination
 template <typename F>
-void dispatch(const at::Tensor& x, const at::Tensor& target, const Options& o, F f) {
-  const bool wide = !o.index_target && wide_target(x, target);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "diceloss_stats", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      f(scalar_t(), acc_t(), scalar_t());
-    } else {
-      if (wide) f(scalar_t(), acc_t(), float());
-      else f(scalar_t(), acc_t(), scalar_t());
-    }
-  });
-}
-
-void check_inputs(const at::Tensor& x, const at::Tensor& target, const c10::optional<at::Tensor>& mask,
-                  const Options& o) {
-  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && x.device().is_cpu(), "diceloss kernel: x must be (B, C, N) "
-              "contiguous on the CPU");
-  if (o.index_target) {
-    TORCH_CHECK(target.scalar_type() == at::kLong && target.dim() == 2 && target.is_contiguous() &&
-                    target.size(0) == x.size(0) && target.size(1) == x.size(2),
-                "diceloss kernel: index target must be (B, N) contiguous int64");
-  } else {
-    TORCH_CHECK((target.scalar_type() == x.scalar_type() || wide_target(x, target)) && target.sizes() == x.sizes() &&
-                    target.is_contiguous(),
-                "diceloss kernel: dense target must be contiguous, of x's shape, and of x's dtype (or float32 for "
-                "float16 / bfloat16 x)");
+void dispatch(const Problem& pr, F f) {
+  const bool wide = pr.target_dtype == FLOAT32 && (pr.dtype == FLOAT16 || pr.dtype == BFLOAT16);
+  switch (pr.dtype) {
+    case FLOAT32:
+      f(float(), float(), float());
+      break;
+    case FLOAT64:
+      f(double(), double(), double());
+      break;
+    case FLOAT16:
+      if (wide) f(Half(), float(), float());
+      else f(Half(), float(), Half());
+      break;
+    case BFLOAT16:
+      if (wide) f(BFloat16(), float(), float());
+      else f(BFloat16(), float(), BFloat16());
+      break;
+    default:
+      break;
   }
-  if (mask.has_value() && mask->defined()) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->is_contiguous() && mask->dim() == 2 &&
-                    mask->size(0) == x.size(0) && mask->size(1) == x.size(2),
-                "diceloss kernel: mask must be (B, N) contiguous bool");
-  }
-}
-
-at::Tensor stats_forward(const at::Tensor& x, const at::Tensor& target, const c10::optional<at::Tensor>& mask_opt,
-                         const std::string& mode, const std::string& activation, c10::optional<int64_t> ignore_index,
-                         bool squared, bool soft_label, bool cross_entropy, double label_smoothing,
-                         c10::optional<double> focal_gamma) {
-  const Options o = make_options(target, mode, activation, ignore_index, squared, soft_label, cross_entropy,
-                                 label_smoothing, focal_gamma);
-  check_inputs(x, target, mask_opt, o);
-  const at::Tensor mask = mask_opt.has_value() ? *mask_opt : at::Tensor();
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor out = at::zeros({x.size(0), x.size(1), NSTAT}, x.options().dtype(acc));
-  dispatch(x, target, o, [&](auto s, auto a, auto t) {
-    using scalar_t = decltype(s);
-    using acc_t = decltype(a);
-    using target_t = decltype(t);
-    if (o.activation == SOFTMAX) softmax_forward<scalar_t, acc_t, target_t>(x, target, mask, o, out);
-    else sigmoid_forward<scalar_t, acc_t, target_t>(x, target, mask, o, out);
-  });
-  return out;
-}
-
-at::Tensor stats_backward(const at::Tensor& coef, const at::Tensor& x, const at::Tensor& target,
-                          const c10::optional<at::Tensor>& mask_opt, const std::string& mode,
-                          const std::string& activation, c10::optional<int64_t> ignore_index, bool squared,
-                          bool soft_label, bool cross_entropy, double label_smoothing,
-                          c10::optional<double> focal_gamma) {
-  const Options o = make_options(target, mode, activation, ignore_index, squared, soft_label, cross_entropy,
-                                 label_smoothing, focal_gamma);
-  check_inputs(x, target, mask_opt, o);
-  const at::Tensor mask = mask_opt.has_value() ? *mask_opt : at::Tensor();
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor k = coef.to(acc).contiguous();
-  TORCH_CHECK(k.dim() == 3 && k.size(0) == x.size(0) && k.size(1) == x.size(1) && k.size(2) == NSTAT,
-              "diceloss kernel: coefficients must be (B, C, 6)");
-  at::Tensor grad = at::empty_like(x);
-  advise_huge_pages(grad.data_ptr(), grad.nbytes());
-  dispatch(x, target, o, [&](auto s, auto a, auto t) {
-    using scalar_t = decltype(s);
-    using acc_t = decltype(a);
-    using target_t = decltype(t);
-    if (o.activation == SOFTMAX) softmax_backward<scalar_t, acc_t, target_t>(k, x, target, mask, o, grad);
-    else sigmoid_backward<scalar_t, acc_t, target_t>(k, x, target, mask, o, grad);
-  });
-  return grad;
-}
-
-std::string build_info() {
-  std::string s = "vector width " + std::to_string(Vec<float>::size()) + " floats";
-#if defined(CPU_CAPABILITY_AVX512)
-  s += " (AVX-512)";
-#elif defined(CPU_CAPABILITY_AVX2)
-  s += " (AVX2)";
-#endif
-#if defined(_OPENMP)
-  s += ", OpenMP";
-#endif
-  return s;
 }
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("stats_forward", &stats_forward, "fused Dice-family statistics (B, C, 6)");
-  m.def("stats_backward", &stats_backward, "gradient of the fused statistics with respect to x");
-  m.def("build_info", &build_info, "how the kernel was built");
-  m.def("set_huge_pages", &set_huge_pages, "advise huge pages for gradients of 32 MiB and more; returns the previous setting");
+void stats_forward(const Problem& pr) {
+  const Options o = make_options(pr);
+  dispatch(pr, [&](auto s, auto a, auto t) {
+    using scalar_t = decltype(s);
+    using acc_t = decltype(a);
+    using target_t = decltype(t);
+    if (o.activation == SOFTMAX) softmax_forward<scalar_t, acc_t, target_t>(pr, o);
+    else sigmoid_forward<scalar_t, acc_t, target_t>(pr, o);
+  });
 }
+
+void stats_backward(const Problem& pr) {
+  const Options o = make_options(pr);
+  dispatch(pr, [&](auto s, auto a, auto t) {
+    using scalar_t = decltype(s);
+    using acc_t = decltype(a);
+    using target_t = decltype(t);
+    if (o.activation == SOFTMAX) softmax_backward<scalar_t, acc_t, target_t>(pr, o);
+    else sigmoid_backward<scalar_t, acc_t, target_t>(pr, o);
+  });
+}
+
+int32_t float_lanes() { return Vec<float>::size(); }
+
+const char* isa_name() { return DICELOSS_ISA_NAME; }
+
+}  // namespace DICELOSS_ISA_NS
+}  // namespace diceloss_cpu
