@@ -205,3 +205,39 @@ def check_compound_reduction(reduction: str, loss_name: str) -> None:
             "use the Dice loss and the cross-entropy separately for per-element values"
         )
     check_choice("reduction", reduction, ("mean", "sum"))
+
+
+def set_field(obj: object, name: str, value: object) -> None:
+    """Store a checked, normalised value (a float, a bool) on a frozen dataclass (options, heads)."""
+    object.__setattr__(obj, name, value)
+
+
+def check_option_fields(
+    opts: object,
+    *,
+    bools: Sequence[str] = (),
+    nullable: Sequence[str] = (),
+    reductions: Sequence[str] | None = REDUCTIONS,
+    smoothing: bool = False,
+) -> None:
+    """Check, and store normalised, the options a loss's frozen options dataclass shares with the others.
+
+    ``mode``; ``reduction`` among ``reductions`` (None: the loss checks it itself); ``backend`` when the
+    dataclass has one; ``ignore_index``; each field of ``bools`` as a bool, each of ``nullable`` as a bool or
+    None (a mode-dependent default); ``smooth_nr`` / ``smooth_dr`` when ``smoothing``.
+    """
+    check_choice("mode", opts.mode, MODES)
+    if reductions is not None:
+        check_choice("reduction", opts.reduction, reductions)
+    if hasattr(opts, "backend"):
+        check_backend(opts.backend)
+    set_field(opts, "ignore_index", check_ignore_index(opts.ignore_index))
+    for name in bools:
+        set_field(opts, name, check_bool(name, getattr(opts, name)))
+    for name in nullable:
+        if getattr(opts, name) is not None:
+            set_field(opts, name, check_bool(name, getattr(opts, name)))
+    if smoothing:
+        check_smoothing(opts.smooth_nr, opts.smooth_dr)
+        set_field(opts, "smooth_nr", float(opts.smooth_nr))
+        set_field(opts, "smooth_dr", float(opts.smooth_dr))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._checks import BACKENDS, MODES, REDUCTIONS, check_bool, check_choice, check_ignore_index
+from ._checks import check_option_fields
 from ._layout import Prepared, prepare
 from .distributed import all_reduce_stats, all_reduce_sum
 from .heads import Head, Selection
@@ -45,12 +45,9 @@ class LossOptions:
     request: StatsRequest = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_choice("reduction", self.reduction, REDUCTIONS)
-        check_choice("backend", self.backend, BACKENDS)
-        object.__setattr__(self, "ignore_index", check_ignore_index(self.ignore_index))
-        for name in ("from_logits", "include_background", "batch_dice", "squared", "soft_label", "distributed"):
-            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
+        check_option_fields(
+            self, bools=("from_logits", "include_background", "batch_dice", "squared", "soft_label", "distributed")
+        )
         if self.distributed and not self.batch_dice:
             raise ValueError(
                 "distributed=True sums the statistics over the ranks, which only batch Dice needs; per-sample Dice "

@@ -31,14 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import (
-    BACKENDS,
-    MODES,
-    check_bool,
-    check_choice,
     check_compound_reduction,
-    check_ignore_index,
     check_nonnegative,
-    check_smoothing,
+    check_option_fields,
     value_checks_enabled,
 )
 from ._layout import Prepared, prepare
@@ -71,21 +66,17 @@ class BlobOptions:
     process_group: object = None
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
         check_compound_reduction(self.reduction, "BlobLoss")
-        check_choice("backend", self.backend, BACKENDS)
-        object.__setattr__(self, "ignore_index", check_ignore_index(self.ignore_index))
-        for name in ("from_logits", "include_background", "batch_dice", "distributed"):
-            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
+        check_option_fields(
+            self, bools=("from_logits", "include_background", "batch_dice", "distributed"), reductions=None,
+            smoothing=True,
+        )
         for name in ("lambda_global", "lambda_blob"):
             object.__setattr__(self, name, check_nonnegative(name, getattr(self, name)))
         c = self.connectivity
         if c is not None and (isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1):
             raise ValueError(f"connectivity must be None (full) or a positive integer (a rank 1..ndim, or a "
                              f"neighbour count such as 4, 8, 6, 18, 26), got {c!r}")
-        check_smoothing(self.smooth_nr, self.smooth_dr)
-        object.__setattr__(self, "smooth_nr", float(self.smooth_nr))
-        object.__setattr__(self, "smooth_dr", float(self.smooth_dr))
         if self.distributed and not self.batch_dice:
             raise ValueError("distributed=True sums the statistics over the ranks, which only batch Dice needs "
                              "(batch_dice=True)")

@@ -48,13 +48,9 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import (
-    MODES,
-    REDUCTIONS,
-    check_backend,
-    check_bool,
-    check_choice,
-    check_ignore_index,
     check_nonnegative,
+    check_option_fields,
+    set_field,
     value_checks_enabled,
 )
 from ._compile import host_only
@@ -65,10 +61,6 @@ from .losses import _Option
 from .stats import maps
 
 __all__ = ["boundary_loss", "BoundaryLoss", "BoundaryOptions", "distance_map_of_target"]
-
-
-def _set(obj: object, name: str, value: object) -> None:
-    object.__setattr__(obj, name, value)
 
 
 def _check_spacing(spacing: object) -> tuple[float, ...] | float | None:
@@ -109,15 +101,8 @@ class BoundaryOptions:
     process_group: object = None
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_choice("reduction", self.reduction, REDUCTIONS)
-        check_backend(self.backend)
-        _set(self, "ignore_index", check_ignore_index(self.ignore_index))
-        for name in ("from_logits", "batch_dice", "distributed"):
-            _set(self, name, check_bool(name, getattr(self, name)))
-        if self.include_background is not None:
-            _set(self, "include_background", check_bool("include_background", self.include_background))
-        _set(self, "spacing", _check_spacing(self.spacing))
+        check_option_fields(self, bools=("from_logits", "batch_dice", "distributed"), nullable=("include_background",))
+        set_field(self, "spacing", _check_spacing(self.spacing))
         if self.distributed and not self.batch_dice:
             raise ValueError(
                 "distributed=True sums the boundary sums over the ranks, which only batch_dice=True needs; "

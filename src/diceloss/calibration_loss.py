@@ -42,13 +42,10 @@ from torch import Tensor, nn
 
 from ._checks import (
     ABSENT_POLICIES,
-    MODES,
-    REDUCTIONS,
-    check_backend,
-    check_bool,
     check_choice,
-    check_ignore_index,
     check_nonnegative,
+    check_option_fields,
+    set_field,
 )
 from ._layout import prepare
 from .distributed import all_reduce_sum
@@ -61,10 +58,6 @@ __all__ = ["calibration_loss", "CalibrationLoss", "CalibrationOptions", "l1_ace_
 
 # more bins than this is a mistake (a typo, or probabilities passed as the count)
 MAX_BINS = 10_000
-
-
-def _set(obj: object, name: str, value: object) -> None:
-    object.__setattr__(obj, name, value)
 
 
 def _check_bins(bins: object) -> int:
@@ -94,15 +87,10 @@ class CalibrationOptions:
     process_group: object = None
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_choice("reduction", self.reduction, REDUCTIONS)
         check_choice("absent", self.absent, ABSENT_POLICIES)
-        check_backend(self.backend)
-        _set(self, "ignore_index", check_ignore_index(self.ignore_index))
-        for name in ("from_logits", "include_background", "batch_dice", "soft", "distributed"):
-            _set(self, name, check_bool(name, getattr(self, name)))
-        _set(self, "bins", _check_bins(self.bins))
-        _set(self, "empty_weight", check_nonnegative("empty_weight", self.empty_weight, positive=True))
+        check_option_fields(self, bools=("from_logits", "include_background", "batch_dice", "soft", "distributed"))
+        set_field(self, "bins", _check_bins(self.bins))
+        set_field(self, "empty_weight", check_nonnegative("empty_weight", self.empty_weight, positive=True))
         if self.distributed and not self.batch_dice:
             raise ValueError(
                 "distributed=True sums the bin sums over the ranks, which only batch_dice=True needs; the "

@@ -41,14 +41,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import (
-    MODES,
-    REDUCTIONS,
     check_backend,
     check_bool,
-    check_choice,
-    check_ignore_index,
     check_nonnegative,
+    check_option_fields,
     check_smoothing,
+    set_field,
     value_checks_enabled,
 )
 from ._layout import Prepared, _check_tensor, check_index_range, prepare
@@ -309,10 +307,6 @@ def soft_skeleton(input: Tensor, iterations: int = 3, *, recompute: bool = True)
 # options
 
 
-def _set(obj: object, name: str, value: object) -> None:
-    object.__setattr__(obj, name, value)
-
-
 @dataclass(frozen=True)
 class ClDiceOptions:
     """The options of :func:`cldice_loss` / :class:`ClDiceLoss`, checked when made (and again when a module's
@@ -337,17 +331,11 @@ class ClDiceOptions:
     process_group: object = None
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_choice("reduction", self.reduction, REDUCTIONS)
-        _set(self, "ignore_index", check_ignore_index(self.ignore_index))
-        for name in ("from_logits", "batch_dice", "distributed"):
-            _set(self, name, check_bool(name, getattr(self, name)))
-        if self.include_background is not None:
-            _set(self, "include_background", check_bool("include_background", self.include_background))
-        _set(self, "iterations", _check_iterations(self.iterations))
+        check_option_fields(self, bools=("from_logits", "batch_dice", "distributed"), nullable=("include_background",))
+        set_field(self, "iterations", _check_iterations(self.iterations))
         check_smoothing(self.smooth_nr, self.smooth_dr)
-        _set(self, "smooth_nr", float(self.smooth_nr))
-        _set(self, "smooth_dr", float(self.smooth_dr))
+        set_field(self, "smooth_nr", float(self.smooth_nr))
+        set_field(self, "smooth_dr", float(self.smooth_dr))
         if self.distributed and not self.batch_dice:
             raise ValueError(
                 "distributed=True sums the four clDice sums over the ranks, which only batch Dice needs "
@@ -373,8 +361,8 @@ class DiceClDiceOptions(ClDiceOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _set(self, "lambda_dice", check_nonnegative("lambda_dice", self.lambda_dice))
-        _set(self, "lambda_cldice", check_nonnegative("lambda_cldice", self.lambda_cldice))
+        set_field(self, "lambda_dice", check_nonnegative("lambda_dice", self.lambda_dice))
+        set_field(self, "lambda_cldice", check_nonnegative("lambda_cldice", self.lambda_cldice))
         check_backend(self.backend)
 
 

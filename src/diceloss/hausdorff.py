@@ -38,12 +38,10 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ._checks import (
-    MODES,
-    check_bool,
     check_choice,
     check_compound_reduction,
-    check_ignore_index,
     check_nonnegative,
+    check_option_fields,
     value_checks_enabled,
 )
 from ._layout import Prepared, prepare
@@ -287,12 +285,8 @@ class HausdorffDTOptions:
     reduction: str = "mean"
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_choice("reduction", self.reduction, _REDUCTIONS)
+        check_option_fields(self, bools=("from_logits", "include_background"), reductions=_REDUCTIONS)
         check_choice("empty", self.empty, EMPTY_FIELDS)
-        object.__setattr__(self, "from_logits", check_bool("from_logits", self.from_logits))
-        object.__setattr__(self, "include_background", check_bool("include_background", self.include_background))
-        object.__setattr__(self, "ignore_index", check_ignore_index(self.ignore_index))
         object.__setattr__(self, "alpha", check_nonnegative("alpha", self.alpha, positive=True))
         object.__setattr__(self, "spacing", _check_spacing(self.spacing))
 

@@ -48,6 +48,7 @@ from ._checks import (
     check_compound_reduction,
     check_nonnegative,
     check_smoothing,
+    set_field,
 )
 from .stats import OverlapStats, StatsRequest
 
@@ -257,15 +258,10 @@ def select_classes(stats: OverlapStats, selection: Selection) -> tuple[Tensor, T
 # head objects
 
 
-def _set(head: Head, name: str, value: object) -> None:
-    """Store a checked, normalised parameter (a float, a bool) on a frozen head."""
-    object.__setattr__(head, name, value)
-
-
 def _check_smoothing(head: Head) -> None:
     check_smoothing(head.smooth_nr, head.smooth_dr)
-    _set(head, "smooth_nr", float(head.smooth_nr))
-    _set(head, "smooth_dr", float(head.smooth_dr))
+    set_field(head, "smooth_nr", float(head.smooth_nr))
+    set_field(head, "smooth_dr", float(head.smooth_dr))
 
 
 class Head:
@@ -322,7 +318,7 @@ class DiceHead(_ClassHead):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _set(self, "log", check_bool("log", self.log))
+        set_field(self, "log", check_bool("log", self.log))
 
     def class_losses(self, I: Tensor, P: Tensor, G: Tensor) -> Tensor:
         score = dice_score(I, P, G, self.smooth_nr, self.smooth_dr)
@@ -347,14 +343,14 @@ class TverskyHead(_ClassHead):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _set(self, "alpha", check_nonnegative("alpha", self.alpha))
-        _set(self, "beta", check_nonnegative("beta", self.beta))
+        set_field(self, "alpha", check_nonnegative("alpha", self.alpha))
+        set_field(self, "beta", check_nonnegative("beta", self.beta))
         if self.alpha + self.beta <= 0:
             raise ValueError(
                 f"alpha + beta must be > 0 (alpha weighs false positives, beta false negatives), got "
                 f"alpha={self.alpha}, beta={self.beta}"
             )
-        _set(self, "exponent", check_nonnegative("exponent", self.exponent, positive=True))
+        set_field(self, "exponent", check_nonnegative("exponent", self.exponent, positive=True))
 
     def class_losses(self, I: Tensor, P: Tensor, G: Tensor) -> Tensor:
         loss = 1 - tversky_score(I, P, G, self.alpha, self.beta, self.smooth_nr, self.smooth_dr)
@@ -401,13 +397,13 @@ class CompoundHead(Head):
 
     def __post_init__(self) -> None:
         check_choice("other", self.other, ("ce", "focal"))
-        _set(self, "lambda_dice", check_nonnegative("lambda_dice", self.lambda_dice))
+        set_field(self, "lambda_dice", check_nonnegative("lambda_dice", self.lambda_dice))
         other = "lambda_ce" if self.other == "ce" else "lambda_focal"
-        _set(self, "lambda_other", check_nonnegative(other, self.lambda_other))
+        set_field(self, "lambda_other", check_nonnegative(other, self.lambda_other))
         if self.other == "ce":
-            _set(self, "label_smoothing", check_nonnegative("label_smoothing", self.label_smoothing, at_most=1.0))
+            set_field(self, "label_smoothing", check_nonnegative("label_smoothing", self.label_smoothing, at_most=1.0))
         else:
-            _set(self, "gamma", check_nonnegative("gamma", self.gamma))
+            set_field(self, "gamma", check_nonnegative("gamma", self.gamma))
 
     @property
     def loss_name(self) -> str:

@@ -56,11 +56,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ._checks import (
-    MODES,
     REDUCTIONS,
-    check_bool,
     check_choice,
-    check_ignore_index,
+    check_option_fields,
     is_compiling,
     value_checks_enabled,
 )
@@ -89,10 +87,7 @@ class LovaszOptions:
     reduction: str = "mean"
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        for name in ("from_logits", "include_background", "per_image"):
-            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
-        object.__setattr__(self, "ignore_index", check_ignore_index(self.ignore_index))
+        check_option_fields(self, bools=("from_logits", "include_background", "per_image"), reductions=None)
         check_choice("classes", self.classes, CLASS_CHOICES)
         check_choice("reduction", self.reduction, REDUCTIONS)
 

@@ -36,15 +36,10 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import (
-    MODES,
-    REDUCTIONS,
-    check_backend,
-    check_bool,
-    check_choice,
     check_compound_reduction,
-    check_ignore_index,
     check_nonnegative,
-    check_smoothing,
+    check_option_fields,
+    set_field,
     value_checks_enabled,
 )
 from ._compile import host_only
@@ -69,10 +64,6 @@ __all__ = [
 TUBE_RADIUS = 2
 
 
-def _set(obj: object, name: str, value: object) -> None:
-    object.__setattr__(obj, name, value)
-
-
 @dataclass(frozen=True)
 class SkeletonRecallOptions:
     """The options of :func:`skeleton_recall_loss` / :class:`SkeletonRecallLoss`, checked when made.
@@ -95,17 +86,9 @@ class SkeletonRecallOptions:
     process_group: object = None
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_choice("reduction", self.reduction, REDUCTIONS)
-        check_backend(self.backend)
-        _set(self, "ignore_index", check_ignore_index(self.ignore_index))
-        for name in ("from_logits", "batch_dice", "distributed"):
-            _set(self, name, check_bool(name, getattr(self, name)))
-        if self.include_background is not None:
-            _set(self, "include_background", check_bool("include_background", self.include_background))
-        check_smoothing(self.smooth_nr, self.smooth_dr)
-        _set(self, "smooth_nr", float(self.smooth_nr))
-        _set(self, "smooth_dr", float(self.smooth_dr))
+        check_option_fields(
+            self, bools=("from_logits", "batch_dice", "distributed"), nullable=("include_background",), smoothing=True
+        )
         if self.distributed and not self.batch_dice:
             raise ValueError(
                 "distributed=True sums the skeleton sums over the ranks, which only batch_dice=True needs; "
@@ -133,7 +116,7 @@ class DiceCESkeletonRecallOptions(SkeletonRecallOptions):
         super().__post_init__()
         check_compound_reduction(self.reduction, "DiceCESkeletonRecallLoss")
         for name in ("lambda_dice", "lambda_ce", "lambda_skeleton"):
-            _set(self, name, check_nonnegative(name, getattr(self, name)))
+            set_field(self, name, check_nonnegative(name, getattr(self, name)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,14 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import (
-    BACKENDS,
-    MODES,
-    check_bool,
-    check_choice,
     check_compound_reduction,
-    check_ignore_index,
     check_nonnegative,
-    check_smoothing,
+    check_option_fields,
 )
 from ._layout import prepare
 from .distributed import all_reduce_sum
@@ -68,12 +63,11 @@ class UnifiedFocalOptions:
     process_group: object = None
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
         check_compound_reduction(self.reduction, "UnifiedFocalLoss")
-        check_choice("backend", self.backend, BACKENDS)
-        object.__setattr__(self, "ignore_index", check_ignore_index(self.ignore_index))
-        for name in ("from_logits", "include_background", "batch_dice", "distributed"):
-            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
+        check_option_fields(
+            self, bools=("from_logits", "include_background", "batch_dice", "distributed"), reductions=None,
+            smoothing=True,
+        )
         for name in ("lambda_focal", "delta"):
             object.__setattr__(self, name, check_nonnegative(name, getattr(self, name), at_most=1.0))
         gamma = check_nonnegative("gamma", self.gamma, at_most=1.0)
@@ -81,9 +75,6 @@ class UnifiedFocalOptions:
             raise ValueError("gamma must be in [0, 1): the foreground Tversky term is (1 - mTI)^(1 - gamma), a "
                              "constant at gamma = 1; got 1.0")
         object.__setattr__(self, "gamma", gamma)
-        check_smoothing(self.smooth_nr, self.smooth_dr)
-        object.__setattr__(self, "smooth_nr", float(self.smooth_nr))
-        object.__setattr__(self, "smooth_dr", float(self.smooth_dr))
         if self.distributed and not self.batch_dice:
             raise ValueError("distributed=True sums the statistics over the ranks, which only batch Dice needs "
                              "(batch_dice=True)")

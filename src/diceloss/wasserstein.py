@@ -30,13 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import (
-    BACKENDS,
     MODES,
-    REDUCTIONS,
-    check_bool,
     check_choice,
-    check_ignore_index,
-    check_smoothing,
+    check_option_fields,
     value_checks_enabled,
 )
 from ._layout import prepare
@@ -112,14 +108,7 @@ class WassersteinOptions:
                 "be 'multiclass' or 'binary', got 'multilabel'"
             )
         check_choice("weighting", self.weighting, WASSERSTEIN_WEIGHTINGS)
-        check_choice("reduction", self.reduction, REDUCTIONS)
-        check_choice("backend", self.backend, BACKENDS)
-        object.__setattr__(self, "ignore_index", check_ignore_index(self.ignore_index))
-        for name in ("from_logits", "batch_dice", "distributed"):
-            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
-        check_smoothing(self.smooth_nr, self.smooth_dr)
-        object.__setattr__(self, "smooth_nr", float(self.smooth_nr))
-        object.__setattr__(self, "smooth_dr", float(self.smooth_dr))
+        check_option_fields(self, bools=("from_logits", "batch_dice", "distributed"), smoothing=True)
         if self.distributed and not self.batch_dice:
             raise ValueError("distributed=True sums the statistics over the ranks, which only batch Dice needs "
                              "(batch_dice=True)")
