@@ -44,6 +44,7 @@ from ._checks import (
     check_option_fields,
     value_checks_enabled,
 )
+from ._distance import euclidean_distance as _edt_torch
 from ._layout import Prepared, prepare
 from .losses import DiceCELoss, _Option
 from .stats import compute_dtype
@@ -99,57 +100,6 @@ def _diagonal(spatial: tuple[int, ...], spacing: tuple[float, ...]) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # exact Euclidean distance transforms of a batch of masks
-
-
-def _scan_squared(sites: Tensor, axis: int, step: float, dtype: torch.dtype) -> Tensor:
-    """Squared distance along ``axis`` to the nearest site on the same line; inf where the line has none.
-
-    The index of the last site at or before each position is a running max, that of the next site a running
-    min from the other end: O(N), no L x L temporaries."""
-    L = sites.shape[axis]
-    shape = [1] * sites.ndim
-    shape[axis] = L
-    idx = torch.arange(L, dtype=torch.int32, device=sites.device).view(shape)
-    before = torch.where(sites, idx, -2 * L).cummax(axis).values
-    after = torch.where(sites, idx, 3 * L).flip(axis).cummin(axis).values.flip(axis)
-    gap = torch.minimum(idx - before, after - idx)  # >= 2 L where the line holds no site
-    d = (gap.to(dtype) * step) ** 2  # integer offset times the spacing, as SciPy computes it
-    return torch.where(gap < L, d, math.inf)
-
-
-def _minplus_squared(f: Tensor, axis: int, step: float) -> Tensor:
-    """``out(x) = min_x' f(x') + ((x - x') step)^2`` along ``axis``: the exact 1-D step of a separable EDT.
-
-    A broadcast min over (line, x, x') with the reduced axis contiguous, in chunks of lines so that the
-    temporary stays small (in cache on the CPU)."""
-    L = f.shape[axis]
-    if L == 1:
-        return f
-    g = f.movedim(axis, -1)
-    shape = g.shape
-    g = g.reshape(-1, L)
-    idx = torch.arange(L, dtype=f.dtype, device=f.device)
-    sq = ((idx[:, None] - idx[None, :]) * step) ** 2  # [x, x']
-    out = torch.empty_like(g)
-    budget = (1 << 24) if f.device.type == "cuda" else (1 << 21)
-    rows = max(1, budget // (L * L))
-    for i in range(0, g.shape[0], rows):
-        torch.amin(g[i : i + rows, None, :] + sq, dim=2, out=out[i : i + rows])
-    return out.reshape(shape).movedim(-1, axis)
-
-
-def _edt_torch(sites: Tensor, spacing: tuple[float, ...], dtype: torch.dtype) -> Tensor:
-    """Euclidean distance from every position of ``sites`` (M, *S) bool to its nearest True position of the
-    same mask, ``spacing`` per spatial axis; inf for a mask without sites. Exact: the squared distance
-    separates over the axes (f_k(x) = min_x' f_{k-1}(x') + (s_k (x_k - x'_k))^2); the longest axis goes first,
-    as an O(N) scan, the others as min-plus products of cost N * L_k."""
-    axes = list(range(1, sites.ndim))
-    first = max(axes, key=lambda a: sites.shape[a])
-    f = _scan_squared(sites, first, spacing[first - 1], dtype)
-    for a in axes:
-        if a != first:
-            f = _minplus_squared(f, a, spacing[a - 1])
-    return f.sqrt()
 
 
 def _scipy_available() -> bool:
