@@ -241,3 +241,37 @@ def check_option_fields(
         check_smoothing(opts.smooth_nr, opts.smooth_dr)
         set_field(opts, "smooth_nr", float(opts.smooth_nr))
         set_field(opts, "smooth_dr", float(opts.smooth_dr))
+
+
+def check_spacing(spacing: object) -> float | tuple[float, ...] | None:
+    """``spacing`` as None, one float, or a tuple of floats, each finite and > 0 (the number of axes is only
+    known at the call)."""
+    if spacing is None:
+        return None
+    if isinstance(spacing, Tensor):
+        if spacing.ndim > 1 or spacing.is_complex():
+            raise ValueError(f"spacing must be a number or a 1-D sequence of numbers, got shape {tuple(spacing.shape)}")
+        spacing = spacing.tolist()
+    if isinstance(spacing, (numbers.Real, np.floating, np.integer)) and not isinstance(spacing, (bool, np.bool_)):
+        return check_nonnegative("spacing", spacing, positive=True)
+    if isinstance(spacing, (str, bytes)) or not isinstance(spacing, Sequence | np.ndarray):
+        raise TypeError(f"spacing must be None, a number or a sequence of numbers, got {type(spacing).__name__}")
+    values = tuple(check_nonnegative(f"spacing[{k}]", v, positive=True) for k, v in enumerate(spacing))
+    if not values:
+        raise ValueError("spacing must hold one number per spatial axis, got an empty sequence")
+    return values
+
+
+def spacing_per_axis(spacing: float | tuple[float, ...] | None, spatial: tuple[int, ...]) -> tuple[float, ...]:
+    """``spacing`` (checked by :func:`check_spacing`) as one value per axis of ``spatial``."""
+    ndim = len(spatial)
+    if spacing is None:
+        return (1.0,) * ndim
+    if isinstance(spacing, float):
+        return (spacing,) * ndim
+    if len(spacing) != ndim:
+        raise ValueError(
+            f"spacing has {len(spacing)} values but the input has {ndim} spatial dimension{'s' * (ndim != 1)} "
+            f"{spatial}: pass one number, or one per spatial axis"
+        )
+    return spacing

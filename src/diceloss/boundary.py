@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,12 +47,12 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import (
-    check_nonnegative,
     check_option_fields,
+    check_spacing,
     set_field,
+    spacing_per_axis,
     value_checks_enabled,
 )
-from ._compile import host_only
 from ._layout import Prepared, _check_tensor, prepare
 from .distributed import all_reduce_sum
 from .heads import reduce_class_losses
@@ -61,24 +60,6 @@ from .losses import _Option
 from .stats import maps
 
 __all__ = ["boundary_loss", "BoundaryLoss", "BoundaryOptions", "distance_map_of_target"]
-
-
-def _check_spacing(spacing: object) -> tuple[float, ...] | float | None:
-    """None, one positive number, or a sequence of positive numbers (their count is checked at the call)."""
-    if spacing is None:
-        return None
-    if isinstance(spacing, Tensor):
-        if spacing.ndim > 1 or spacing.is_complex():
-            raise ValueError(f"spacing must be a number or a 1-D sequence of numbers, got shape {tuple(spacing.shape)}")
-        spacing = spacing.tolist()
-    if isinstance(spacing, numbers.Real) and not isinstance(spacing, bool):
-        return check_nonnegative("spacing", spacing, positive=True)
-    if isinstance(spacing, (str, bytes)) or not isinstance(spacing, Sequence):
-        raise TypeError(f"spacing must be None, a number or a sequence of numbers, got {type(spacing).__name__}")
-    values = tuple(check_nonnegative(f"spacing[{k}]", v, positive=True) for k, v in enumerate(spacing))
-    if not values:
-        raise ValueError("spacing must hold one number per spatial axis, got an empty sequence")
-    return values
 
 
 @dataclass(frozen=True)
@@ -102,7 +83,7 @@ class BoundaryOptions:
 
     def __post_init__(self) -> None:
         check_option_fields(self, bools=("from_logits", "batch_dice", "distributed"), nullable=("include_background",))
-        set_field(self, "spacing", _check_spacing(self.spacing))
+        set_field(self, "spacing", check_spacing(self.spacing))
         if self.distributed and not self.batch_dice:
             raise ValueError(
                 "distributed=True sums the boundary sums over the ranks, which only batch_dice=True needs; "
@@ -148,21 +129,6 @@ def _map_layout(distance_map: object, prep: Prepared) -> Tensor:
     return d
 
 
-def _spacing_for(spacing, spatial: tuple[int, ...]) -> tuple[float, ...]:
-    n = len(spatial)
-    if spacing is None:
-        return (1.0,) * n
-    if isinstance(spacing, float):
-        return (spacing,) * n
-    if len(spacing) != n:
-        raise ValueError(
-            f"spacing has {len(spacing)} values but the input has {n} spatial dimension{'s' * (n != 1)} {spatial}: "
-            "pass one number, or one per spatial axis"
-        )
-    return spacing
-
-
-@host_only  # SciPy on the host: torch.compile breaks the graph here rather than trace it
 def distance_map_of_target(prep: Prepared, spacing, kept: tuple[int, ...]) -> Tensor:
     """The signed distance maps (B, C, N) float32 of the classes ``kept`` of a prepared target (0 for the others),
     by :func:`diceloss.transforms.signed_distance` on the CPU, on the input's device. Ignored positions belong to no
@@ -171,7 +137,7 @@ def distance_map_of_target(prep: Prepared, spacing, kept: tuple[int, ...]) -> Te
 
     B, C, N = prep.logits.shape
     spatial = prep.spatial_shape
-    sp = _spacing_for(spacing, spatial)
+    sp = spacing_per_axis(spacing, spatial)
     if len(spatial) == 1:
         spatial, sp = (1, N), (1.0, sp[0])
     target = prep.target.detach().cpu()
@@ -226,7 +192,7 @@ def _class_losses(input: Tensor, target: Tensor, mask: Tensor | None, distance_m
                 "computing the signed distance map needs 1, 2 or 3 spatial dimensions; got input of shape "
                 f"{tuple(input.shape)}: pass distance_map="
             )
-        _spacing_for(o.spacing, prep.spatial_shape)
+        spacing_per_axis(o.spacing, prep.spatial_shape)
     backend = maps.select_backend(o.backend, prep)
     if distance_map is None:
         phi = distance_map_of_target(prep, o.spacing, kept)

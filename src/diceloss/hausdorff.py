@@ -42,6 +42,8 @@ from ._checks import (
     check_compound_reduction,
     check_nonnegative,
     check_option_fields,
+    check_spacing,
+    spacing_per_axis,
     value_checks_enabled,
 )
 from ._distance import euclidean_distance as _edt_torch
@@ -58,39 +60,6 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 # ----------------------------------------------------------------------------------------------
 # spacing
-
-
-def _check_spacing(spacing: object) -> float | tuple[float, ...] | None:
-    """``spacing`` as None, one float, or a tuple of floats, each finite and > 0 (the number of axes is only
-    known at the call)."""
-    if spacing is None:
-        return None
-    if isinstance(spacing, Tensor):
-        if spacing.ndim > 1 or spacing.is_complex():
-            raise ValueError(f"spacing must be a number or a 1-D sequence of numbers, got shape {tuple(spacing.shape)}")
-        spacing = spacing.tolist()
-    if isinstance(spacing, (numbers.Real, np.floating, np.integer)) and not isinstance(spacing, (bool, np.bool_)):
-        return check_nonnegative("spacing", spacing, positive=True)
-    if isinstance(spacing, (str, bytes)) or not isinstance(spacing, Sequence | np.ndarray):
-        raise TypeError(f"spacing must be None, a number or a sequence of numbers, got {type(spacing).__name__}")
-    values = tuple(check_nonnegative(f"spacing[{k}]", v, positive=True) for k, v in enumerate(spacing))
-    if not values:
-        raise ValueError("spacing must hold one number per spatial axis, got an empty sequence")
-    return values
-
-
-def _spacing_for(spacing: float | tuple[float, ...] | None, spatial: tuple[int, ...]) -> tuple[float, ...]:
-    ndim = len(spatial)
-    if spacing is None:
-        return (1.0,) * ndim
-    if isinstance(spacing, float):
-        return (spacing,) * ndim
-    if len(spacing) != ndim:
-        raise ValueError(
-            f"spacing has {len(spacing)} values but the input has {ndim} spatial dimension{'s' * (ndim != 1)} "
-            f"{spatial}: pass one number, or one per spatial axis"
-        )
-    return spacing
 
 
 def _diagonal(spatial: tuple[int, ...], spacing: tuple[float, ...]) -> float:
@@ -193,7 +162,7 @@ def boundary_distance(
     """
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    sp = _check_spacing(spacing)
+    sp = check_spacing(spacing)
     if spatial_dims is None:
         spatial_dims = len(sp) if isinstance(sp, tuple) else mask.ndim
     if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, numbers.Integral) or not (
@@ -204,7 +173,7 @@ def boundary_distance(
     if mask.is_complex():
         raise TypeError("mask must be real or bool")
     spatial = tuple(mask.shape[mask.ndim - spatial_dims :])
-    steps = _spacing_for(sp, spatial)
+    steps = spacing_per_axis(sp, spatial)
     x = (mask != 0).reshape(-1, *spatial)
     v = None
     if valid is not None:
@@ -238,7 +207,7 @@ class HausdorffDTOptions:
         check_option_fields(self, bools=("from_logits", "include_background"), reductions=_REDUCTIONS)
         check_choice("empty", self.empty, EMPTY_FIELDS)
         object.__setattr__(self, "alpha", check_nonnegative("alpha", self.alpha, positive=True))
-        object.__setattr__(self, "spacing", _check_spacing(self.spacing))
+        object.__setattr__(self, "spacing", check_spacing(self.spacing))
 
 
 def _activate(x: Tensor, activation: str) -> Tensor:
@@ -346,7 +315,7 @@ def _fields_and_loss(
     B, C, N = logits.shape
     device = logits.device
     dtype = compute_dtype(logits.dtype)
-    steps = _spacing_for(spacing, prep.spatial_shape)
+    steps = spacing_per_axis(spacing, prep.spatial_shape)
     kept_list = list(prep.kept_classes) if prep.kept_classes is not None else list(range(C))
     K = len(kept_list)
     kept = None if prep.kept_classes is None else torch.tensor(kept_list, dtype=torch.long, device=device)
@@ -427,7 +396,7 @@ def _loss(input: Tensor, target: Tensor, mask: Tensor | None, target_distance: T
         mask=mask,
         include_background=o.include_background,
     )
-    _spacing_for(o.spacing, prep.spatial_shape)  # a spacing of the wrong length fails before any work
+    spacing_per_axis(o.spacing, prep.spatial_shape)  # a spacing of the wrong length fails before any work
     if target_distance is not None:
         target_distance = _check_target_distance(target_distance, input, prep)
     per_class = _fields_and_loss(prep, o.alpha, o.spacing, o.empty, target_distance)
