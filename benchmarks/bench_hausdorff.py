@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +41,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import _cpu_name, _peak_extra_bytes  # noqa: E402
+from run import _peak_extra_bytes, machine_description  # noqa: E402
 
 WORKLOADS = {"2D": (8, 4, (256, 256)), "3D": (2, 4, (64, 64, 64))}
 BASELINE = "MONAI HausdorffDTLoss"
@@ -173,13 +171,14 @@ def main(argv=None) -> int:
     ap.add_argument("--workloads", default="2D,3D")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.workloads.split(",")) - set(WORKLOADS))
+    if unknown:
+        ap.error(f"--workloads: expected names among {', '.join(WORKLOADS)}, got {', '.join(unknown)}")
     torch.set_num_threads(args.threads)
     import monai
 
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     meta = {
-        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, AVX-512 {'yes' if 'avx512f' in flags else 'no'}, "
-                   f"{platform.system()} {platform.machine()}",
+        "machine": machine_description(),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "threads": args.threads,
         "torch": torch.__version__,

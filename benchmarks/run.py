@@ -334,6 +334,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_description() -> str:
+    """The CPU model, its core count, whether it has AVX-512, the OS: the line every benchmark table names."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            avx512 = "avx512f" in f.read()
+    except OSError:
+        avx512 = False
+    return (f"{_cpu_name()}, {os.cpu_count()} CPUs, AVX-512 {'yes' if avx512 else 'no'}, "
+            f"{platform.system()} {platform.machine()}")
+
+
 def _bound_bytes(workload: str) -> int:
     B, C, spatial, kind = WORKLOADS[workload]
     N = 1
