@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import (
     check_compound_reduction,
@@ -39,7 +39,7 @@ from ._checks import (
 from ._layout import Prepared, prepare
 from .distributed import all_reduce_sum
 from .heads import dice_score, reduce_class_losses
-from .losses import _Option
+from .losses import _Option, _OptionsModule
 from .stats.reference import dense_target
 from .stats.regions import blob_classes, region_sums
 
@@ -265,7 +265,7 @@ def blob_loss(
     return _combine(*_terms(input, target, mask, instances, o), o)
 
 
-class BlobLoss(nn.Module):
+class BlobLoss(_OptionsModule):
     r"""Blob loss (Kofler et al., IPMI 2023) with the Dice criterion: the Dice loss plus a Dice loss per instance.
 
     ``L = lambda_global * L_global + lambda_blob * mean_b mean_j L_j``: L_global the Dice loss (per class
@@ -357,11 +357,6 @@ class BlobLoss(nn.Module):
                                     lambda_blob, connectivity, smooth_nr, smooth_dr, reduction, backend, distributed,
                                     process_group)
         self.components: dict[str, Tensor] = {}
-
-    @property
-    def options(self) -> BlobOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None,
                 instances: Tensor | None = None) -> Tensor:

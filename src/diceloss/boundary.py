@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import (
     check_option_fields,
@@ -56,7 +56,7 @@ from ._checks import (
 from ._layout import Prepared, _check_tensor, prepare
 from .distributed import all_reduce_sum
 from .heads import reduce_class_losses
-from .losses import _Option
+from .losses import _Option, _OptionsModule
 from .stats import maps
 
 __all__ = ["boundary_loss", "BoundaryLoss", "BoundaryOptions", "distance_map_of_target"]
@@ -273,7 +273,7 @@ def boundary_loss(
     return _boundary(input, target, mask, distance_map, options)
 
 
-class BoundaryLoss(nn.Module):
+class BoundaryLoss(_OptionsModule):
     __doc__ = (
         r"""Boundary loss (Kervadec et al., MIDL 2019): the probabilities weighted by the signed distance to the
     target's boundary, a loss on the contour rather than the region, for highly unbalanced segmentation (small
@@ -337,11 +337,6 @@ class BoundaryLoss(nn.Module):
             mode, from_logits, include_background, ignore_index, batch_dice, spacing, reduction, backend,
             distributed, process_group,
         )
-
-    @property
-    def options(self) -> BoundaryOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def forward(
         self, input: Tensor, target: Tensor, mask: Tensor | None = None, distance_map: Tensor | None = None

@@ -38,7 +38,7 @@ import numbers
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import (
     ABSENT_POLICIES,
@@ -50,7 +50,7 @@ from ._checks import (
 from ._layout import prepare
 from .distributed import all_reduce_sum
 from .heads import reduce_class_losses
-from .losses import _Option
+from .losses import _Option, _OptionsModule
 from .stats import bins as bin_stats
 from .stats.types import COL_BIN_G, COL_BIN_N, COL_BIN_P
 
@@ -196,7 +196,7 @@ def calibration_loss(
     return _calibration(input, target, mask, options)
 
 
-class CalibrationLoss(nn.Module):
+class CalibrationLoss(_OptionsModule):
     __doc__ = (
         r"""L1 average calibration error (Barfoot et al., MICCAI 2024 UNSURE): the mean over the filled bins of
     |mean probability - mean target|, per (sample, class), made differentiable, with hard or soft bins. Added to
@@ -265,11 +265,6 @@ class CalibrationLoss(nn.Module):
             mode, from_logits, include_background, ignore_index, batch_dice, bins, soft, empty_weight, absent,
             reduction, backend, distributed, process_group,
         )
-
-    @property
-    def options(self) -> CalibrationOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         return _calibration(input, target, mask, self._options)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import (
     check_backend,
@@ -53,7 +53,7 @@ from ._layout import Prepared, _check_tensor, check_index_range, prepare
 from ._pipeline import LossOptions, run
 from .distributed import all_reduce_sum
 from .heads import DiceHead, ratio_or_one
-from .losses import _Option
+from .losses import _Option, _OptionsModule
 from .stats import compute_dtype
 
 __all__ = [
@@ -662,7 +662,7 @@ def dice_cldice_loss(
 # modules
 
 
-class _ClDiceBase(nn.Module):
+class _ClDiceBase(_OptionsModule):
     """What the two clDice modules share: a frozen options object ``_options`` (checked when made) whose fields are
     the module's attributes; setting one makes a new options object, checked again, or leaves the module as it was.
     """
@@ -680,11 +680,6 @@ class _ClDiceBase(nn.Module):
     process_group = _Option()
 
     _options: ClDiceOptions
-
-    @property
-    def options(self) -> ClDiceOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, iterations={self.iterations}, reduction={self.reduction!r}"
@@ -808,11 +803,6 @@ class DiceClDiceLoss(_ClDiceBase):
             reduction, distributed, process_group, lambda_dice, lambda_cldice, backend,
         )
         self.components: dict[str, Tensor] = {}
-
-    @property
-    def options(self) -> DiceClDiceOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def forward(
         self, input: Tensor, target: Tensor, mask: Tensor | None = None, target_skeleton: Tensor | None = None

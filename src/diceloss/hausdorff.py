@@ -48,7 +48,7 @@ from ._checks import (
 )
 from ._distance import euclidean_distance as _edt_torch
 from ._layout import Prepared, prepare
-from .losses import DiceCELoss, _Option
+from .losses import DiceCELoss, _Option, _OptionsModule
 from .stats import compute_dtype
 
 __all__ = ["hausdorff_dt_loss", "HausdorffDTLoss", "DiceHausdorffDTLoss", "boundary_distance", "EMPTY_FIELDS"]
@@ -438,7 +438,7 @@ def hausdorff_dt_loss(
     return _loss(input, target, mask, target_distance, o)
 
 
-class HausdorffDTLoss(nn.Module):
+class HausdorffDTLoss(_OptionsModule):
     r"""Hausdorff distance-transform loss (Karimi & Salcudean, IEEE TMI 2020), per (sample b, kept class k)::
 
         L[b, k] = (1 / |V|) sum_{n in V} (p_n - g_n)^2 (d_G(n)^alpha + d_P(n)^alpha)
@@ -511,11 +511,6 @@ class HausdorffDTLoss(nn.Module):
         self._options = HausdorffDTOptions(
             mode, from_logits, include_background, ignore_index, alpha, spacing, empty, reduction
         )
-
-    @property
-    def options(self) -> HausdorffDTOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def forward(
         self, input: Tensor, target: Tensor, mask: Tensor | None = None, target_distance: Tensor | None = None

@@ -78,7 +78,19 @@ class _Option:
         obj._options, obj._head = options, head
 
 
-class _StatLoss(nn.Module):
+class _OptionsModule(nn.Module):
+    """A loss module whose options live in one frozen dataclass ``_options``, read and set through
+    :class:`_Option` attributes."""
+
+    _options: object
+
+    @property
+    def options(self):
+        """The options object (immutable; set an attribute of the module to change one)."""
+        return self._options
+
+
+class _StatLoss(_OptionsModule):
     """A loss that is a head on the statistics: its options (one :class:`~diceloss._pipeline.LossOptions`), its
     head and its class weights (a buffer, so it follows ``.to(device)``).
 
@@ -105,11 +117,6 @@ class _StatLoss(nn.Module):
         self._options = options
         self._head = head
         self.register_buffer("weight", check_weight(weight))
-
-    @property
-    def options(self) -> LossOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     @property
     def head(self) -> Head:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._checks import (
@@ -63,7 +63,7 @@ from ._checks import (
     value_checks_enabled,
 )
 from ._layout import Prepared, prepare
-from .losses import _Option
+from .losses import _Option, _OptionsModule
 
 CLASS_CHOICES = ("present", "all")
 
@@ -141,7 +141,7 @@ def lovasz_loss(
     return _lovasz(input, target, mask, options)
 
 
-class LovaszLoss(nn.Module):
+class LovaszLoss(_OptionsModule):
     r"""Lovász loss (Berman et al., CVPR 2018), the convex surrogate of the Jaccard loss of each class::
 
         loss_c = sum_i e_(i) g_i,   g_i = Jac(top i) - Jac(top i - 1)
@@ -212,11 +212,6 @@ class LovaszLoss(nn.Module):
         self._options = LovaszOptions(
             mode, from_logits, include_background, ignore_index, per_image, classes, reduction
         )
-
-    @property
-    def options(self) -> LovaszOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         return _lovasz(input, target, mask, self._options)

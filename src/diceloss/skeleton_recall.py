@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import (
     check_compound_reduction,
@@ -47,7 +47,7 @@ from ._layout import Prepared, _check_tensor, check_index_range, prepare
 from ._pipeline import LossOptions, run
 from .distributed import all_reduce_sum
 from .heads import CompoundHead, DiceHead, ratio_or_one, reduce_class_losses
-from .losses import _Option
+from .losses import _Option, _OptionsModule
 from .stats import maps
 
 __all__ = [
@@ -404,7 +404,7 @@ def dice_ce_skeleton_recall_loss(
 # modules
 
 
-class _Base(nn.Module):
+class _Base(_OptionsModule):
     """A frozen options object ``_options`` whose fields are the module's attributes (set one: a new options object,
     checked again, or the module unchanged)."""
 
@@ -421,11 +421,6 @@ class _Base(nn.Module):
     process_group = _Option()
 
     _options: SkeletonRecallOptions
-
-    @property
-    def options(self) -> SkeletonRecallOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, batch_dice={self.batch_dice}, reduction={self.reduction!r}"
@@ -551,11 +546,6 @@ class DiceCESkeletonRecallLoss(_Base):
             backend, distributed, process_group, lambda_dice, lambda_ce, lambda_skeleton,
         )
         self.components: dict[str, Tensor] = {}
-
-    @property
-    def options(self) -> DiceCESkeletonRecallOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def forward(
         self, input: Tensor, target: Tensor, mask: Tensor | None = None, skeleton: Tensor | None = None

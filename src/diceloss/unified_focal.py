@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import (
     check_compound_reduction,
@@ -37,7 +37,7 @@ from ._checks import (
 from ._layout import prepare
 from .distributed import all_reduce_sum
 from .heads import safe_pow, tversky_score
-from .losses import _Option
+from .losses import _Option, _OptionsModule
 from .stats.focal_asym import COL_A, COL_G, COL_I, COL_M, COL_P, asymmetric_focal_sums
 
 __all__ = ["unified_focal_loss", "UnifiedFocalLoss", "UnifiedFocalOptions", "unified_focal_from_sums"]
@@ -160,7 +160,7 @@ def unified_focal_loss(
     return _combine(*_terms(input, target, mask, o), o)
 
 
-class UnifiedFocalLoss(nn.Module):
+class UnifiedFocalLoss(_OptionsModule):
     r"""Asymmetric unified focal loss (Yeung, Sala, Schönlieb, Rundo, CMIG 2022), multiclass, binary and multilabel.
 
     ``L = lambda_focal * L_maF + (1 - lambda_focal) * L_maFT``, per group (a sample, or the batch with
@@ -248,11 +248,6 @@ class UnifiedFocalLoss(nn.Module):
                                             lambda_focal, delta, gamma, smooth_nr, smooth_dr, reduction, backend,
                                             distributed, process_group)
         self.components: dict[str, Tensor] = {}
-
-    @property
-    def options(self) -> UnifiedFocalOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         focal, tversky = _terms(input, target, mask, self._options)

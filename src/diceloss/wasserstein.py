@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import (
     MODES,
@@ -38,7 +38,7 @@ from ._checks import (
 from ._layout import prepare
 from .distributed import all_reduce_sum
 from .heads import ratio_or_one, reduce_groups
-from .losses import _Option
+from .losses import _Option, _OptionsModule
 from .stats import compute_dtype
 from .stats.pairs import wasserstein_sums
 
@@ -194,7 +194,7 @@ def generalized_wasserstein_dice_loss(
     return _loss(input, target, mask, dist, o)
 
 
-class GeneralizedWassersteinDiceLoss(nn.Module):
+class GeneralizedWassersteinDiceLoss(_OptionsModule):
     r"""Generalized Wasserstein Dice loss (Fidon et al., BrainLes 2017): a Dice loss whose errors cost the
     distance between the classes confused.
 
@@ -276,11 +276,6 @@ class GeneralizedWassersteinDiceLoss(nn.Module):
         self._options = WassersteinOptions(mode, from_logits, ignore_index, weighting, batch_dice, smooth_nr,
                                            smooth_dr, reduction, backend, distributed, process_group)
         self.register_buffer("_dist", check_dist_matrix(dist_matrix))
-
-    @property
-    def options(self) -> WassersteinOptions:
-        """The options object (immutable; set an attribute of the module to change one)."""
-        return self._options
 
     @property
     def dist_matrix(self) -> Tensor | None:
